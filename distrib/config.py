@@ -1,0 +1,265 @@
+"""The config schema (dataclasses), its registration with hydra, and building from ``_target_``.
+
+YAML under ``conf/`` only supplies values; the types and the ranges live here. Each field has a
+docstring; range checks run in ``__post_init__`` and raise `ConfigError` naming the key, so a bad
+value stops the run with one line before any process or port is started (see `preflight`).
+This is the only worker-side module that imports hydra.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import inspect
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from distrib.errors import ConfigError, check
+from distrib.wrap import PRECISIONS, DDPConfig
+
+LAUNCHERS = ("local",)
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """How to train (``trainer.*``)."""
+
+    epochs: int = 10
+    """Passes over the training set."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps in all (0: no limit) -- for smoke tests."""
+    global_batch_size: int = 64
+    """Samples per optimizer step over ALL workers; split evenly across ranks and micro-steps."""
+    eval_batch_size: int = 256
+    """Samples per evaluation batch on each rank."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step; only the last one all-reduces gradients."""
+    seed: int = 0
+    """Seeds model init (equal on every rank), the data order and data workers."""
+    precision: str = "fp32"
+    """fp32, or bf16 autocast for forward passes."""
+    clip_grad_norm: float = 0.0
+    """Clip the global gradient norm to this (0: off)."""
+    device: str = "auto"
+    """auto (cuda:<local_rank> when CUDA is there, else CPU), cpu or cuda."""
+    backend: str = "auto"
+    """auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
+    timeout_s: float = 1800.0
+    """Collective and rendezvous timeout: how long a rank waits for a dead peer."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    drop_last: bool = True
+    """Drop the epoch's tail that does not fill a whole global batch (exact W-independence)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True): bit-exact reruns, sometimes slower."""
+    log_every: int = 10
+    """Optimizer steps between metric lines."""
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
+        check(self.max_steps >= 0, "trainer.max_steps", self.max_steps, "an integer >= 0 (0: no limit)")
+        check(self.global_batch_size >= 1, "trainer.global_batch_size", self.global_batch_size, "an integer >= 1")
+        check(self.eval_batch_size >= 1, "trainer.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        check(self.grad_accum >= 1, "trainer.grad_accum", self.grad_accum, "an integer >= 1")
+        check(self.precision in PRECISIONS, "trainer.precision", self.precision, " or ".join(PRECISIONS))
+        check(self.clip_grad_norm >= 0, "trainer.clip_grad_norm", self.clip_grad_norm, "a number >= 0")
+        check(self.device in ("auto", "cpu", "cuda"), "trainer.device", self.device, "auto, cpu or cuda")
+        check(self.backend in ("auto", "gloo", "nccl"), "trainer.backend", self.backend, "auto, gloo or nccl")
+        check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
+        check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
+        check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
+
+
+@dataclass(kw_only=True)
+class LauncherConfig:
+    """How workers are started (``launcher.*``); ignored inside a torchrun or SLURM worker."""
+
+    name: str = "local"
+    """local: torch's elastic launcher on this machine."""
+    nproc: int = 1
+    """Workers on this machine; 1 trains in this process."""
+    max_restarts: int = 0
+    """Times the elastic agent restarts the whole worker group after a failure."""
+
+    def __post_init__(self) -> None:
+        check(self.name in LAUNCHERS, "launcher.name", self.name, " or ".join(LAUNCHERS))
+        check(self.nproc >= 1, "launcher.nproc", self.nproc, "an integer >= 1")
+        check(self.max_restarts >= 0, "launcher.max_restarts", self.max_restarts, "an integer >= 0")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """The whole run. ``model``, ``data.train``, ``data.eval``, ``optim`` and ``scheduler`` are
+    ``_target_`` nodes, so users point them at their own classes."""
+
+    model: Any = MISSING
+    """A module class: ``_target_: my_pkg.MyNet`` plus its keyword arguments."""
+    data: Any = MISSING
+    """``train`` and ``eval``: each a dataset ``_target_`` with its arguments."""
+    optim: Any = MISSING
+    """An optimizer ``_target_`` with ``_partial_: true``; called with the model's parameters."""
+    scheduler: Any = None
+    """Optional LR scheduler ``_target_`` with ``_partial_: true``; called with the optimizer."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+def run_id(environ: typing.Mapping[str, str] | None = None) -> str:
+    """The run directory's name, equal on every worker of one job without them talking.
+
+    torchrun workers share ``TORCHELASTIC_RUN_ID`` (``--rdzv_id``: reuse it to resume), SLURM
+    tasks their job id (stable across requeues); a lone process takes the time.
+    """
+    environ = os.environ if environ is None else environ
+    rdzv = environ.get("TORCHELASTIC_RUN_ID", "none")
+    if "RANK" in environ and rdzv not in ("", "none"):
+        return f"torchrun-{rdzv}"
+    if "SLURM_JOB_ID" in environ and "SLURM_PROCID" in environ:
+        array = environ.get("SLURM_ARRAY_JOB_ID")
+        if array:
+            return f"slurm-{array}_{environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+        return f"slurm-{environ['SLURM_JOB_ID']}"
+    return _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def register() -> None:
+    """Register the schema and resolvers with hydra; the CLI calls this before composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="distrib_schema", node=Config)
+    OmegaConf.register_new_resolver("distrib_run_id", lambda: run_id(), replace=True)
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Composed values -> a validated `Config`; any problem becomes one `ConfigError`."""
+    try:
+        if not isinstance(cfg, DictConfig) or OmegaConf.get_type(cfg) is not Config:
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise describe(e) from None
+    assert isinstance(obj, Config)
+    return obj
+
+
+def describe(e: BaseException) -> ConfigError:
+    """Turn a hydra/OmegaConf error into one line that names the key and what is allowed."""
+    cause: BaseException = e
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, ConfigError):
+        return cause
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or "config"
+        first = str(getattr(cause, "msg", cause)).splitlines()[0]
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            obj = getattr(cause, "object_type", None)
+            known = ", ".join(f.name for f in fields(obj)) if hasattr(obj, "__dataclass_fields__") else ""
+            hint = f"; known keys: {known}" if known else f"; to add a new key use +{key}=..."
+            return ConfigError(key, message=f"{key}: unknown key{hint}")
+        return ConfigError(key, message=f"{key}: {first}")
+    text = str(e).split("\nConfig search path", 1)[0]  # hydra appends its whole search path
+    return ConfigError("config", message=" ".join(text.replace("\t", " ").split()))
+
+
+def build(node: Any, *args: Any) -> Any:
+    """``hydra.utils.instantiate`` on a plain dict or DictConfig node, extra positional args."""
+    from hydra.utils import instantiate
+
+    return instantiate(node, *args, _convert_="all")
+
+
+def check_targets(cfg: Config) -> None:
+    """Check every ``_target_`` node against its callable's signature without building it.
+
+    A misspelt argument or a value of the wrong type (``optim.lr=abc``) is reported here, in
+    the parent process, instead of as a traceback from every worker.
+    """
+    _check_target(cfg.model, "model")
+    check(isinstance(cfg.data, dict) and {"train", "eval"} <= set(cfg.data), "data", cfg.data,
+          "a node with 'train' and 'eval' dataset _target_ entries")
+    _check_target(cfg.data["train"], "data.train")
+    _check_target(cfg.data["eval"], "data.eval")
+    _check_target(cfg.optim, "optim", skip=1)
+    if cfg.scheduler is not None:
+        _check_target(cfg.scheduler, "scheduler", skip=1)
+    _probe_optimizer(cfg.optim)
+
+
+def _import(target: str) -> Any:
+    """Import ``pkg.module.attr`` (quietly: hydra's own locator logs every failure)."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(target)
+
+
+def _check_target(node: Any, key: str, skip: int = 0) -> None:
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ConfigError(key, node, "a node with a _target_ (a dotted path to a class or function)")
+    target = node["_target_"]
+    try:
+        obj = _import(str(target))
+    except Exception:
+        raise ConfigError(f"{key}._target_", target, "an importable class or function") from None
+    try:
+        sig = inspect.signature(obj, eval_str=True)
+    except (TypeError, ValueError, NameError):
+        return  # builtins and C extensions: nothing to check before calling
+    params = list(sig.parameters.values())[skip:]
+    by_name = {p.name: p for p in params}
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    for name, value in node.items():
+        if name.startswith("_"):
+            continue
+        param = by_name.get(name)
+        if param is None:
+            if takes_kwargs:
+                continue
+            names = ", ".join(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            raise ConfigError(f"{key}.{name}", value, f"an argument of {target}: {names}")
+        expected = _accepted_types(param.annotation)
+        if expected and value is not None and not isinstance(value, expected):
+            if not (float in expected and isinstance(value, int) and not isinstance(value, bool)):
+                allowed = " or ".join(t.__name__ for t in expected)
+                raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
+
+
+def _accepted_types(annotation: Any) -> tuple[type, ...]:
+    """Plain types an annotation admits; empty (= do not check) for anything fancier."""
+    simple = (bool, int, float, str)
+    if annotation in simple:
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if members and all(a in simple or a is __import__("torch").Tensor for a in members):
+            return tuple(a for a in members if a in simple)
+    return ()
+
+
+def _probe_optimizer(node: dict) -> None:
+    """Build the optimizer over one dummy parameter: its own range checks (lr < 0) run now."""
+    import torch
+
+    try:
+        factory = build(node)
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        raise ConfigError("optim", message=f"optim ({node['_target_']}): {e}") from None

@@ -1,0 +1,156 @@
+"""The process group's life: device, backend, threads, init with a timeout, teardown always.
+
+`init` is what a worker calls first (directly, or through `session`); it reads `WorkerEnv`,
+picks ``cuda:<local_rank>`` or the CPU, nccl or gloo, gives the worker its share of the CPU
+cores, and creates the default process group when the world has more than one worker. A world
+of one creates no group at all, so a lone script pays nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from distrib.env import WorkerEnv, read_env
+from distrib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a worker knows about itself once `init` has run."""
+
+    env: WorkerEnv
+    device: torch.device
+    backend: str
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.is_main
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.env.world_size > 1
+
+
+_current: Context | None = None
+
+
+def current() -> Context:
+    """The `Context` of this process; a lone-process default when `init` was never called."""
+    return _current if _current is not None else _lone_context()
+
+
+def _lone_context() -> Context:
+    return Context(env=WorkerEnv(), device=torch.device("cpu"), backend="gloo")
+
+
+def pick_device(device: str, local_rank: int) -> torch.device:
+    if device not in DEVICES:
+        raise ConfigError("trainer.device", device, " or ".join(DEVICES))
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise ConfigError("trainer.device", device, "cpu or auto: no CUDA device is visible here")
+    if device == "cpu" or not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def pick_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError("trainer.backend", backend, " or ".join(BACKENDS))
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError("trainer.backend", backend, "gloo or auto on CPU (nccl needs CUDA)")
+    return backend
+
+
+def threads_per_worker(local_world_size: int) -> int:
+    """Cores / local workers, at least one: more threads than cores makes workers fight."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_world_size))
+
+
+def init(
+    *,
+    device: str = "auto",
+    backend: str = "auto",
+    timeout_s: float = 1800.0,
+    threads: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Context:
+    """Join the job this process belongs to and return its `Context`.
+
+    Example::
+
+        ctx = distrib.init()
+        if ctx.is_main:
+            print(f"training on {ctx.world_size} workers")
+
+    Calling it again returns the same context. The group is destroyed at exit (or by
+    `shutdown`), so a crashed script does not leave peers hanging on a half-open group.
+    """
+    global _current
+    if _current is not None:
+        return _current
+    env = read_env(environ)
+    dev = pick_device(device, env.local_rank)
+    backend = pick_backend(backend, dev)
+    torch.set_num_threads(threads or threads_per_worker(env.local_world_size))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=dev if dev.type == "cuda" else None,
+        )
+        log.debug("rank %d/%d joined %s group", env.rank, env.world_size, backend)
+    _current = Context(env=env, device=dev, backend=backend)
+    atexit.register(shutdown)
+    return _current
+
+
+def shutdown() -> None:
+    """Destroy the process group if there is one; safe to call twice."""
+    global _current
+    _current = None
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(**kwargs: object) -> Iterator[Context]:
+    """``with session() as ctx:`` -- `init` on entry, `shutdown` on any exit."""
+    ctx = init(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield ctx
+    finally:
+        shutdown()

@@ -1,0 +1,119 @@
+"""``python -m distrib.train`` (console script ``distrib-train``): the hydra entry.
+
+    python -m distrib.train                                   # 1 process, digits, small CNN
+    python -m distrib.train launcher.nproc=2                  # 2 local workers (elastic agent)
+    torchrun --standalone --nproc_per_node=2 -m distrib.train # already workers: train in place
+    python -m distrib.train model._target_=my_pkg.MyNet data=... optim.lr=1e-3
+
+It sits above both sides: it composes and checks the config (a bad value exits 2 with one line
+before any process or port is started), then either launches workers (``distrib.launch``) or,
+when this process already is a worker (torchrun, SLURM), trains in place (``distrib.loop``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_NO_PREFLIGHT = ("help", "hydra_help", "cfg", "info", "shell_completion", "multirun", "experimental_rerun")
+
+
+def main() -> None:
+    from distrib import config
+
+    config.register()
+    args = _parse_args(sys.argv[1:])
+    if not any(getattr(args, name, None) for name in _NO_PREFLIGHT):
+        try:
+            preflight(args.overrides, config_dir=args.config_dir or args.config_path,
+                      config_name=args.config_name or "config")
+        except config.ConfigError as e:
+            _fail(e)
+    _hydra_main()
+
+
+def _parse_args(argv: list[str]) -> Any:
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(argv)
+
+
+def _fail(error: Exception) -> None:
+    print(f"distrib: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def compose(overrides: list[str], *, config_dir: str | None = None, config_name: str = "config") -> Any:
+    """The composed config for ``overrides`` (as the CLI would see them), hydra keys removed."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from distrib.config import describe, register
+
+    register()
+    conf = str(Path(config_dir).resolve()) if config_dir else str(CONF_DIR)
+    try:
+        with initialize_config_dir(config_dir=conf, version_base="1.3", job_name="distrib"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except Exception as e:  # hydra wraps every composition problem; report it in one line
+        raise describe(e) from None
+
+
+def preflight(overrides: list[str], *, config_dir: str | None = None, config_name: str = "config") -> Any:
+    """Compose and fully check the config; raise `ConfigError` on the first problem."""
+    from distrib.config import check_targets, to_config
+    from distrib.data import per_rank_batch
+    from distrib.env import is_worker, read_env
+
+    cfg = to_config(compose(overrides, config_dir=config_dir, config_name=config_name))
+    check_targets(cfg)
+    world = read_env().world_size if is_worker() else cfg.launcher.nproc
+    per_rank_batch(cfg.trainer.global_batch_size, world, cfg.trainer.grad_accum)
+    return cfg
+
+
+def _task(cfg: Any) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from distrib.config import ConfigError, check_targets, to_config
+
+    try:
+        run_cfg = to_config(cfg)
+        check_targets(run_cfg)
+    except ConfigError as e:
+        _fail(e)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    values = OmegaConf.to_container(cfg, resolve=True)
+    return run(values, run_cfg, run_dir)  # type: ignore[arg-type]
+
+
+def run(values: dict, cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Train in place if this process is a worker (or one is enough), else launch workers."""
+    from distrib.env import is_worker
+    from distrib.loop import fit, worker_entry
+
+    if is_worker() or cfg.launcher.nproc == 1:
+        return fit(cfg, run_dir)
+    from distrib.launch.local import WorkerFailed, launch
+
+    try:
+        results = launch(worker_entry, (values, str(run_dir)), nproc=cfg.launcher.nproc,
+                         max_restarts=cfg.launcher.max_restarts)
+    except WorkerFailed as e:
+        print(e.traceback.rstrip(), file=sys.stderr)
+        print(f"distrib: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    return results[0]
+
+
+def _hydra_main() -> None:
+    import hydra
+
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)()
+
+
+if __name__ == "__main__":
+    main()
