@@ -53,6 +53,8 @@ def wrap(model: nn.Module, ctx: Context | None = None, ddp: DDPConfig | None = N
     if not ctx.is_distributed:
         return model
     if ddp.sync_batchnorm:
+        check(ctx.device.type == "cuda", "trainer.ddp.sync_batchnorm", True,
+              "false on CPU (torch's SyncBatchNorm runs on CUDA devices only)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DDP(
         model,

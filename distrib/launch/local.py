@@ -7,6 +7,7 @@ the others and `launch` raises `WorkerFailed` naming the rank, with its tracebac
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ class WorkerFailed(RuntimeError):
     traceback: str
 
     def __str__(self) -> str:
-        return f"worker rank {self.rank} failed (exit code {self.exitcode})"
+        lines = [ln for ln in self.traceback.strip().splitlines() if ln.strip()]
+        last = f": {lines[-1].strip()}" if lines else ""
+        return f"worker rank {self.rank} failed (exit code {self.exitcode}){last}"
 
 
 def launch_config(nproc: int, *, run_id: str | None = None, max_restarts: int = 0) -> Any:
@@ -62,10 +65,16 @@ def launch(
     from torch.distributed.launcher.api import elastic_launch
 
     config = launch_config(nproc, run_id=run_id, max_restarts=max_restarts)
+    # The agent logs each failed worker's whole traceback; we raise it once, with the rank.
+    quiet = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
         raise _first_failure(e) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _first_failure(e: Any) -> WorkerFailed:

@@ -1,0 +1,77 @@
+"""The one helper multi-process tests use: run ``fn`` on N gloo workers, get every result.
+
+Workers are spawned (not forked) with torchrun's variables on loopback, so ``distrib.init()``
+inside ``fn`` joins a real gloo group. A worker that raises fails the calling test with that
+worker's traceback; a worker that hangs fails it after ``timeout`` seconds and is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(index: int, fn: Callable[..., Any], world: int, port: int, out: str, args: tuple) -> None:
+    os.environ.update({
+        "RANK": str(index), "WORLD_SIZE": str(world), "LOCAL_RANK": str(index),
+        "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    })
+    import distrib
+
+    try:
+        result = fn(*args)
+    finally:
+        distrib.shutdown()
+    with open(os.path.join(out, f"{index}.pkl"), "wb") as f:
+        pickle.dump(result, f)
+
+
+def spawn(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 180) -> list[Any]:
+    """Run ``fn(*args)`` on ``world_size`` gloo workers; return their results by rank."""
+    with tempfile.TemporaryDirectory() as out:
+        ctx = mp.start_processes(
+            _entry, args=(fn, world_size, free_port(), out, args), nprocs=world_size,
+            join=False, start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGKILL)
+                raise TimeoutError(f"workers still running after {timeout}s")
+        results = []
+        for rank in range(world_size):
+            with open(os.path.join(out, f"{rank}.pkl"), "rb") as f:
+                results.append(pickle.load(f))
+        return results
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command with this venv's Python first on PATH and ``tests/`` importable."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled",
+                **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd or ROOT, stdin=subprocess.DEVNULL)
