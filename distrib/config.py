@@ -64,14 +64,46 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
-        check(self.max_steps >= 0, "trainer.max_steps", self.max_steps, "an integer >= 0 (0: no limit)")
-        check(self.global_batch_size >= 1, "trainer.global_batch_size", self.global_batch_size, "an integer >= 1")
-        check(self.eval_batch_size >= 1, "trainer.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        check(
+            self.max_steps >= 0,
+            "trainer.max_steps",
+            self.max_steps,
+            "an integer >= 0 (0: no limit)",
+        )
+        check(
+            self.global_batch_size >= 1,
+            "trainer.global_batch_size",
+            self.global_batch_size,
+            "an integer >= 1",
+        )
+        check(
+            self.eval_batch_size >= 1,
+            "trainer.eval_batch_size",
+            self.eval_batch_size,
+            "an integer >= 1",
+        )
         check(self.grad_accum >= 1, "trainer.grad_accum", self.grad_accum, "an integer >= 1")
-        check(self.precision in PRECISIONS, "trainer.precision", self.precision, " or ".join(PRECISIONS))
-        check(self.clip_grad_norm >= 0, "trainer.clip_grad_norm", self.clip_grad_norm, "a number >= 0")
-        check(self.device in ("auto", "cpu", "cuda"), "trainer.device", self.device, "auto, cpu or cuda")
-        check(self.backend in ("auto", "gloo", "nccl"), "trainer.backend", self.backend, "auto, gloo or nccl")
+        check(
+            self.precision in PRECISIONS,
+            "trainer.precision",
+            self.precision,
+            " or ".join(PRECISIONS),
+        )
+        check(
+            self.clip_grad_norm >= 0, "trainer.clip_grad_norm", self.clip_grad_norm, "a number >= 0"
+        )
+        check(
+            self.device in ("auto", "cpu", "cuda"),
+            "trainer.device",
+            self.device,
+            "auto, cpu or cuda",
+        )
+        check(
+            self.backend in ("auto", "gloo", "nccl"),
+            "trainer.backend",
+            self.backend,
+            "auto, gloo or nccl",
+        )
         check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
         check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
@@ -165,7 +197,11 @@ def describe(e: BaseException) -> ConfigError:
         first = str(getattr(cause, "msg", cause)).splitlines()[0]
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
             obj = getattr(cause, "object_type", None)
-            known = ", ".join(f.name for f in fields(obj)) if hasattr(obj, "__dataclass_fields__") else ""
+            known = (
+                ", ".join(f.name for f in fields(obj))
+                if hasattr(obj, "__dataclass_fields__")
+                else ""
+            )
             hint = f"; known keys: {known}" if known else f"; to add a new key use +{key}=..."
             return ConfigError(key, message=f"{key}: unknown key{hint}")
         return ConfigError(key, message=f"{key}: {first}")
@@ -187,8 +223,12 @@ def check_targets(cfg: Config) -> None:
     the parent process, instead of as a traceback from every worker.
     """
     _check_target(cfg.model, "model")
-    check(isinstance(cfg.data, dict) and {"train", "eval"} <= set(cfg.data), "data", cfg.data,
-          "a node with 'train' and 'eval' dataset _target_ entries")
+    check(
+        isinstance(cfg.data, dict) and {"train", "eval"} <= set(cfg.data),
+        "data",
+        cfg.data,
+        "a node with 'train' and 'eval' dataset _target_ entries",
+    )
     _check_target(cfg.data["train"], "data.train")
     _check_target(cfg.data["eval"], "data.eval")
     _check_target(cfg.optim, "optim", skip=1)
@@ -213,7 +253,9 @@ def _import(target: str) -> Any:
 
 def _check_target(node: Any, key: str, skip: int = 0) -> None:
     if not isinstance(node, dict) or "_target_" not in node:
-        raise ConfigError(key, node, "a node with a _target_ (a dotted path to a class or function)")
+        raise ConfigError(
+            key, node, "a node with a _target_ (a dotted path to a class or function)"
+        )
     target = node["_target_"]
     try:
         obj = _import(str(target))
@@ -233,13 +275,15 @@ def _check_target(node: Any, key: str, skip: int = 0) -> None:
         if param is None:
             if takes_kwargs:
                 continue
-            names = ", ".join(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            names = ", ".join(
+                p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            )
             raise ConfigError(f"{key}.{name}", value, f"an argument of {target}: {names}")
         expected = _accepted_types(param.annotation)
-        if expected and value is not None and not isinstance(value, expected):
-            if not (float in expected and isinstance(value, int) and not isinstance(value, bool)):
-                allowed = " or ".join(t.__name__ for t in expected)
-                raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
+        int_for_float = float in expected and isinstance(value, int) and not isinstance(value, bool)
+        if expected and value is not None and not isinstance(value, expected) and not int_for_float:
+            allowed = " or ".join(t.__name__ for t in expected)
+            raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
 
 
 def _accepted_types(annotation: Any) -> tuple[type, ...]:

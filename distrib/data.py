@@ -54,7 +54,12 @@ class ShardedSampler(DistributedSampler):
         drop_last: bool = True,
     ) -> None:
         super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
         )
         self.global_batch = global_batch
         self.start = 0
@@ -166,6 +171,9 @@ def eval_loader(
     ctx = ctx or current()
     sampler = EvalSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank)  # type: ignore[arg-type]
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
         pin_memory=ctx.device.type == "cuda",
     )

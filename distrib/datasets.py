@@ -26,7 +26,9 @@ def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> T
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("the digits dataset needs scikit-learn: pip install 'distrib[sklearn]'") from e
+        raise ImportError(
+            "the digits dataset needs scikit-learn: pip install 'distrib[sklearn]'"
+        ) from e
     bunch = load_digits()
     idx = _split_indices(len(bunch.target), split, test_fraction, seed)
     x = torch.tensor(bunch.images[idx] / 16.0, dtype=torch.float32).unsqueeze(1)

@@ -16,7 +16,9 @@ class ConfigError(ValueError):
     always names the thing to change.
     """
 
-    def __init__(self, key: str, value: Any = None, allowed: str = "", *, message: str = "") -> None:
+    def __init__(
+        self, key: str, value: Any = None, allowed: str = "", *, message: str = ""
+    ) -> None:
         self.key = key
         self.value = value
         self.allowed = allowed

@@ -23,7 +23,9 @@ def setup_logging(run_dir: Path | None, rank: int) -> logging.Logger:
         h.close()
     console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
+    console.setFormatter(
+        logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
+    )
     handlers: list[logging.Handler] = [console]
     if run_dir is not None:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)

@@ -64,16 +64,30 @@ def fit(cfg: Config, run_dir: Path | None, *, return_weights: bool = False) -> d
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
         train_dl = loader(
-            build(cfg.data["train"]), batch_size=t.global_batch_size, ctx=ctx, seed=t.seed,
-            drop_last=t.drop_last, accum=t.grad_accum, num_workers=t.num_workers,
+            build(cfg.data["train"]),
+            batch_size=t.global_batch_size,
+            ctx=ctx,
+            seed=t.seed,
+            drop_last=t.drop_last,
+            accum=t.grad_accum,
+            num_workers=t.num_workers,
         )
-        eval_dl = eval_loader(build(cfg.data["eval"]), batch_size=t.eval_batch_size, ctx=ctx,
-                              num_workers=t.num_workers)
+        eval_dl = eval_loader(
+            build(cfg.data["eval"]),
+            batch_size=t.eval_batch_size,
+            ctx=ctx,
+            num_workers=t.num_workers,
+        )
         if ctx.is_main:
             log.info(
                 "training on %d worker(s) (%s, %s), global batch %d = %d x %d x %d micro-steps",
-                ctx.world_size, ctx.device, ctx.backend, t.global_batch_size, ctx.world_size,
-                t.global_batch_size // (ctx.world_size * t.grad_accum), t.grad_accum,
+                ctx.world_size,
+                ctx.device,
+                ctx.backend,
+                t.global_batch_size,
+                ctx.world_size,
+                t.global_batch_size // (ctx.world_size * t.grad_accum),
+                t.grad_accum,
             )
         state = TrainState()
         result: dict[str, Any] = {}
@@ -84,12 +98,21 @@ def fit(cfg: Config, run_dir: Path | None, *, return_weights: bool = False) -> d
             state.history.append({"epoch": state.epoch, "step": state.step, **result})
             log.info(
                 "epoch %d/%d  step %d  train_loss %.4f  eval_loss %.4f  eval_acc %.4f  (%.1fs)",
-                state.epoch + 1, t.epochs, state.step, train_loss, result["eval_loss"],
-                result["eval_acc"], time.perf_counter() - t0,
+                state.epoch + 1,
+                t.epochs,
+                state.step,
+                train_loss,
+                result["eval_loss"],
+                result["eval_acc"],
+                time.perf_counter() - t0,
             )
             state.epoch, state.consumed = state.epoch + 1, 0
-        log.info("final test accuracy: %.4f (%d/%d)", result.get("eval_acc", float("nan")),
-                 result.get("eval_correct", 0), result.get("eval_total", 0))
+        log.info(
+            "final test accuracy: %.4f (%d/%d)",
+            result.get("eval_acc", float("nan")),
+            result.get("eval_correct", 0),
+            result.get("eval_total", 0),
+        )
         out = {"rank": ctx.rank, "world_size": ctx.world_size, "history": state.history, **result}
         if return_weights:
             out["state_dict"] = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
@@ -141,7 +164,9 @@ def train_epoch(
         end = i == n_micro - 1 or _done(state, t.max_steps)
         if state.step % t.log_every == 0 or end:
             mean = _global_mean(window, ctx)
-            epoch_sum += torch.tensor([mean * window[1].item(), window[1].item()], dtype=torch.float64)
+            epoch_sum += torch.tensor(
+                [mean * window[1].item(), window[1].item()], dtype=torch.float64
+            )
             state.history.append({"epoch": state.epoch, "step": state.step, "loss": mean})
             log.info("epoch %d  step %d  loss %.4f", state.epoch + 1, state.step, mean)
             window.zero_()
@@ -167,14 +192,21 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context) -> dict[str, Any]:
     for x, y in dl:
         x, y = x.to(ctx.device), y.to(ctx.device)
         out = model(x)
-        sums += torch.tensor([
-            F.cross_entropy(out.float(), y, reduction="sum").item(),
-            (out.argmax(dim=1) == y).sum().item(),
-            y.numel(),
-        ], dtype=torch.float64)
+        sums += torch.tensor(
+            [
+                F.cross_entropy(out.float(), y, reduction="sum").item(),
+                (out.argmax(dim=1) == y).sum().item(),
+                y.numel(),
+            ],
+            dtype=torch.float64,
+        )
     if ctx.is_distributed:
         dist.all_reduce(sums)
     model.train(was_training)
     loss, correct, total = sums.tolist()
-    return {"eval_loss": loss / max(total, 1), "eval_acc": correct / max(total, 1),
-            "eval_correct": int(correct), "eval_total": int(total)}
+    return {
+        "eval_loss": loss / max(total, 1),
+        "eval_acc": correct / max(total, 1),
+        "eval_correct": int(correct),
+        "eval_total": int(total),
+    }

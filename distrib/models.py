@@ -23,7 +23,9 @@ class SmallCNN(nn.Module):
             nn.Flatten(),
         )
         # 8x8 input -> 4x4 after one pooling
-        self.head = nn.Sequential(nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -32,7 +34,9 @@ class SmallCNN(nn.Module):
 class MLP(nn.Module):
     """``depth`` hidden layers of ``hidden`` units; sized up or down to make compute dominate."""
 
-    def __init__(self, in_features: int = 64, hidden: int = 256, depth: int = 2, num_classes: int = 10) -> None:
+    def __init__(
+        self, in_features: int = 64, hidden: int = 256, depth: int = 2, num_classes: int = 10
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features

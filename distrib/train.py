@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-_NO_PREFLIGHT = ("help", "hydra_help", "cfg", "info", "shell_completion", "multirun", "experimental_rerun")
+_NO_PREFLIGHT = (
+    "help",
+    "hydra_help",
+    "cfg",
+    "info",
+    "shell_completion",
+    "multirun",
+    "experimental_rerun",
+)
 
 
 def main() -> None:
@@ -27,8 +35,11 @@ def main() -> None:
     args = _parse_args(sys.argv[1:])
     if not any(getattr(args, name, None) for name in _NO_PREFLIGHT):
         try:
-            preflight(args.overrides, config_dir=args.config_dir or args.config_path,
-                      config_name=args.config_name or "config")
+            preflight(
+                args.overrides,
+                config_dir=args.config_dir or args.config_path,
+                config_name=args.config_name or "config",
+            )
         except config.ConfigError as e:
             _fail(e)
     _hydra_main()
@@ -45,7 +56,9 @@ def _fail(error: Exception) -> None:
     sys.exit(2)
 
 
-def compose(overrides: list[str], *, config_dir: str | None = None, config_name: str = "config") -> Any:
+def compose(
+    overrides: list[str], *, config_dir: str | None = None, config_name: str = "config"
+) -> Any:
     """The composed config for ``overrides`` (as the CLI would see them), hydra keys removed."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -61,7 +74,9 @@ def compose(overrides: list[str], *, config_dir: str | None = None, config_name:
         raise describe(e) from None
 
 
-def preflight(overrides: list[str], *, config_dir: str | None = None, config_name: str = "config") -> Any:
+def preflight(
+    overrides: list[str], *, config_dir: str | None = None, config_name: str = "config"
+) -> Any:
     """Compose and fully check the config; raise `ConfigError` on the first problem."""
     from distrib.config import check_targets, to_config
     from distrib.data import per_rank_batch
@@ -100,8 +115,12 @@ def run(values: dict, cfg: Any, run_dir: Path) -> dict[str, Any]:
     from distrib.launch.local import WorkerFailed, launch
 
     try:
-        results = launch(worker_entry, (values, str(run_dir)), nproc=cfg.launcher.nproc,
-                         max_restarts=cfg.launcher.max_restarts)
+        results = launch(
+            worker_entry,
+            (values, str(run_dir)),
+            nproc=cfg.launcher.nproc,
+            max_restarts=cfg.launcher.max_restarts,
+        )
     except WorkerFailed as e:
         print(e.traceback.rstrip(), file=sys.stderr)
         print(f"distrib: error: {e}", file=sys.stderr)

@@ -37,7 +37,9 @@ class DDPConfig:
     """Convert BatchNorm layers so statistics are computed over the global batch."""
 
     def __post_init__(self) -> None:
-        check(self.bucket_cap_mb > 0, "trainer.ddp.bucket_cap_mb", self.bucket_cap_mb, "a number > 0")
+        check(
+            self.bucket_cap_mb > 0, "trainer.ddp.bucket_cap_mb", self.bucket_cap_mb, "a number > 0"
+        )
 
 
 def wrap(model: nn.Module, ctx: Context | None = None, ddp: DDPConfig | None = None) -> nn.Module:
@@ -53,8 +55,12 @@ def wrap(model: nn.Module, ctx: Context | None = None, ddp: DDPConfig | None = N
     if not ctx.is_distributed:
         return model
     if ddp.sync_batchnorm:
-        check(ctx.device.type == "cuda", "trainer.ddp.sync_batchnorm", True,
-              "false on CPU (torch's SyncBatchNorm runs on CUDA devices only)")
+        check(
+            ctx.device.type == "cuda",
+            "trainer.ddp.sync_batchnorm",
+            True,
+            "false on CPU (torch's SyncBatchNorm runs on CUDA devices only)",
+        )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DDP(
         model,

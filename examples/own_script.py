@@ -50,8 +50,11 @@ def main() -> None:
                 counts += torch.tensor([(pred == y).sum().item(), y.numel()], dtype=torch.float64)
         correct, total = distrib.reduce_sum(counts).tolist()  # distrib: exact global accuracy
         if ctx.is_main:
-            print(f"epoch {epoch + 1}: loss {loss.item():.4f} test accuracy {correct / total:.4f} "
-                  f"({int(correct)}/{int(total)}, {ctx.world_size} workers)", flush=True)
+            print(
+                f"epoch {epoch + 1}: loss {loss.item():.4f} test accuracy {correct / total:.4f} "
+                f"({int(correct)}/{int(total)}, {ctx.world_size} workers)",
+                flush=True,
+            )
     distrib.shutdown()
 
 

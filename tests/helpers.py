@@ -30,12 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(index: int, fn: Callable[..., Any], world: int, port: int, out: str, args: tuple) -> None:
-    os.environ.update({
-        "RANK": str(index), "WORLD_SIZE": str(world), "LOCAL_RANK": str(index),
-        "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-    })
+def _entry(
+    index: int, fn: Callable[..., Any], world: int, port: int, out: str, args: tuple
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(index),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(index),
+            "LOCAL_WORLD_SIZE": str(world),
+            "GROUP_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     import distrib
 
     try:
@@ -46,12 +54,17 @@ def _entry(index: int, fn: Callable[..., Any], world: int, port: int, out: str, 
         pickle.dump(result, f)
 
 
-def spawn(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 180) -> list[Any]:
+def spawn(
+    fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 180
+) -> list[Any]:
     """Run ``fn(*args)`` on ``world_size`` gloo workers; return their results by rank."""
     with tempfile.TemporaryDirectory() as out:
         ctx = mp.start_processes(
-            _entry, args=(fn, world_size, free_port(), out, args), nprocs=world_size,
-            join=False, start_method="spawn",
+            _entry,
+            args=(fn, world_size, free_port(), out, args),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
         )
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=1):
@@ -67,11 +80,23 @@ def spawn(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: floa
         return results
 
 
-def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a command with this venv's Python first on PATH and ``tests/`` importable."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "tests"),
+        "WANDB_MODE": "disabled",
+        **(env or {}),
+    }
     full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=cwd or ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        list(args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd or ROOT,
+        stdin=subprocess.DEVNULL,
+    )

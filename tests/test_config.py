@@ -14,19 +14,32 @@ def test_defaults_compose_into_the_schema():
     assert cfg.launcher.nproc == 1 and cfg.trainer.global_batch_size == 64
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optim.lr=abc", "optim.lr='abc': expected float (torch.optim.AdamW)"),
-    ("trainer.epochs=-1", "trainer.epochs=-1: expected an integer >= 1"),
-    ("trainer.epochs=abc", "trainer.epochs: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("trainer.foo=1", "trainer.foo: unknown key; known keys: epochs, max_steps,"),
-    ("model.hiden=3", "model.hiden: unknown key"),
-    ("+model.hiden=3", "model.hiden=3: expected an argument of distrib.models.SmallCNN: in_channels, num_classes, width"),
-    ("model._target_=nope.Net", "model._target_='nope.Net': expected an importable class or function"),
-    ("optim.lr=-1", "optim (torch.optim.AdamW): Invalid learning rate: -1"),
-    ("launcher.nproc=0", "launcher.nproc=0: expected an integer >= 1"),
-    ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32 or bf16"),
-    ("model=nope", "Could not find 'model/nope' Available options in 'model': cnn mlp"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=abc", "optim.lr='abc': expected float (torch.optim.AdamW)"),
+        ("trainer.epochs=-1", "trainer.epochs=-1: expected an integer >= 1"),
+        (
+            "trainer.epochs=abc",
+            "trainer.epochs: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
+        ("trainer.foo=1", "trainer.foo: unknown key; known keys: epochs, max_steps,"),
+        ("model.hiden=3", "model.hiden: unknown key"),
+        (
+            "+model.hiden=3",
+            "model.hiden=3: expected an argument of distrib.models.SmallCNN: "
+            "in_channels, num_classes, width",
+        ),
+        (
+            "model._target_=nope.Net",
+            "model._target_='nope.Net': expected an importable class or function",
+        ),
+        ("optim.lr=-1", "optim (torch.optim.AdamW): Invalid learning rate: -1"),
+        ("launcher.nproc=0", "launcher.nproc=0: expected an integer >= 1"),
+        ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32 or bf16"),
+        ("model=nope", "Could not find 'model/nope' Available options in 'model': cnn mlp"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_key(override: str, message: str):
     with pytest.raises(distrib.ConfigError) as info:
         preflight([override])
@@ -52,6 +65,15 @@ def test_run_id_is_shared_by_the_workers_of_one_job():
     tr = {"RANK": "1", "TORCHELASTIC_RUN_ID": "abc"}
     assert run_id(tr) == run_id({**tr, "RANK": "0"}) == "torchrun-abc"
     assert run_id({"SLURM_JOB_ID": "7", "SLURM_PROCID": "3"}) == "slurm-7"
-    assert run_id({"SLURM_JOB_ID": "9", "SLURM_PROCID": "0", "SLURM_ARRAY_JOB_ID": "8",
-                   "SLURM_ARRAY_TASK_ID": "2"}) == "slurm-8_2"
+    assert (
+        run_id(
+            {
+                "SLURM_JOB_ID": "9",
+                "SLURM_PROCID": "0",
+                "SLURM_ARRAY_JOB_ID": "8",
+                "SLURM_ARRAY_TASK_ID": "2",
+            }
+        )
+        == "slurm-8_2"
+    )
     assert "/" in run_id({})  # date/time for a lone process

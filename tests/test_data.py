@@ -48,7 +48,9 @@ def test_global_batches_do_not_depend_on_world_size():
     flat = list(one)
     shards = [list(s) for s in two]
     for k in range(5):  # global step k: positions [10k, 10k+10) on any world size
-        assert sorted(flat[10 * k: 10 * k + 10]) == sorted(shards[0][5 * k: 5 * k + 5] + shards[1][5 * k: 5 * k + 5])
+        assert sorted(flat[10 * k : 10 * k + 10]) == sorted(
+            shards[0][5 * k : 5 * k + 5] + shards[1][5 * k : 5 * k + 5]
+        )
 
 
 def test_set_position_continues_with_the_next_sample():
@@ -63,7 +65,9 @@ def test_set_position_continues_with_the_next_sample():
 
 def test_per_rank_batch_error_names_the_key():
     assert per_rank_batch(64, 2, 2) == 16
-    with pytest.raises(distrib.ConfigError, match=r"trainer.global_batch_size=63: expected a positive multiple of"):
+    with pytest.raises(
+        distrib.ConfigError, match=r"trainer.global_batch_size=63: expected a positive multiple of"
+    ):
         per_rank_batch(63, 2)
 
 

@@ -12,20 +12,40 @@ def test_lone_process_is_rank_zero_of_one():
 
 
 def test_torchrun_variables():
-    env = read_env({
-        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-        "GROUP_RANK": "1", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "1234",
-        "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0",  # torchrun inside SLURM
-    })
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.node_rank) == (3, 4, 1, 2, 1)
+    env = read_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "GROUP_RANK": "1",
+            "MASTER_ADDR": "10.0.0.5",
+            "MASTER_PORT": "1234",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "1",
+            "SLURM_STEP_ID": "0",  # torchrun inside SLURM
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.node_rank) == (
+        3,
+        4,
+        1,
+        2,
+        1,
+    )
     assert (env.master_addr, env.master_port, env.source) == ("10.0.0.5", 1234, "torchrun")
     assert not env.is_main
 
 
 def _slurm(**extra: str) -> dict[str, str]:
     base = {
-        "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_NTASKS": "6",
-        "SLURM_LOCALID": "1", "SLURM_NODEID": "2", "SLURM_TASKS_PER_NODE": "2(x3)",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "6",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "2",
+        "SLURM_TASKS_PER_NODE": "2(x3)",
         "SLURM_JOB_NODELIST": "gpu[07-09]",
     }
     return {**base, **extra}
@@ -33,7 +53,13 @@ def _slurm(**extra: str) -> dict[str, str]:
 
 def test_slurm_variables_and_compressed_nodelist():
     env = read_env(_slurm())
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.node_rank) == (5, 6, 1, 2, 2)
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.node_rank) == (
+        5,
+        6,
+        1,
+        2,
+        2,
+    )
     assert env.master_addr == "gpu07"
     assert env.master_port == slurm_port({"SLURM_JOB_ID": "4242"}) == 24242
     assert env.source == "slurm"
@@ -46,8 +72,15 @@ def test_slurm_nodelist_with_several_groups_and_explicit_port():
 
 def test_slurm_uneven_tasks_per_node():
     assert expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
-    env = read_env(_slurm(SLURM_TASKS_PER_NODE="2(x2),1", SLURM_NODEID="2", SLURM_NTASKS="5",
-                          SLURM_PROCID="4", SLURM_LOCALID="0"))
+    env = read_env(
+        _slurm(
+            SLURM_TASKS_PER_NODE="2(x2),1",
+            SLURM_NODEID="2",
+            SLURM_NTASKS="5",
+            SLURM_PROCID="4",
+            SLURM_LOCALID="0",
+        )
+    )
     assert env.local_world_size == 1
     with pytest.raises(ValueError, match="SLURM_TASKS_PER_NODE"):
         expand_tasks_per_node("2(y3)")

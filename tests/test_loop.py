@@ -13,8 +13,18 @@ def small_run(**trainer: object) -> dict:
     return {
         "model": {"_target_": "distrib.models.MLP", "in_features": 16, "hidden": 32, "depth": 2},
         "data": {
-            "train": {"_target_": "distrib.datasets.synthetic", "split": "train", "size": 1000, "features": 16},
-            "eval": {"_target_": "distrib.datasets.synthetic", "split": "test", "size": 1000, "features": 16},
+            "train": {
+                "_target_": "distrib.datasets.synthetic",
+                "split": "train",
+                "size": 1000,
+                "features": 16,
+            },
+            "eval": {
+                "_target_": "distrib.datasets.synthetic",
+                "split": "test",
+                "size": 1000,
+                "features": 16,
+            },
         },
         "optim": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9},
         "trainer": {"epochs": 3, "global_batch_size": 32, "log_every": 1, "seed": 3, **trainer},

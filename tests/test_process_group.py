@@ -51,8 +51,13 @@ def _join_and_report() -> dict:
     ctx = distrib.init(timeout_s=60)
     t = torch.tensor([ctx.rank + 1.0])
     dist.all_reduce(t)
-    return {"rank": ctx.rank, "world": ctx.world_size, "sum": t.item(), "threads": torch.get_num_threads(),
-            "group": dist.is_initialized()}
+    return {
+        "rank": ctx.rank,
+        "world": ctx.world_size,
+        "sum": t.item(),
+        "threads": torch.get_num_threads(),
+        "group": dist.is_initialized(),
+    }
 
 
 def test_two_workers_join_one_gloo_group():

@@ -14,12 +14,17 @@ PY = sys.executable
 FAST = ["trainer.epochs=1", "trainer.log_every=100"]
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("optim.lr=abc", "optim.lr"),
-    ("trainer.epochs=-1", "trainer.epochs"),
-    ("trainer.no_such_key=1", "trainer.no_such_key"),
-])
-def test_bad_config_exits_nonzero_with_one_line_before_starting_anything(tmp_path: Path, override: str, key: str):
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=abc", "optim.lr"),
+        ("trainer.epochs=-1", "trainer.epochs"),
+        ("trainer.no_such_key=1", "trainer.no_such_key"),
+    ],
+)
+def test_bad_config_exits_nonzero_with_one_line_before_starting_anything(
+    tmp_path: Path, override: str, key: str
+):
     res = run_cli(PY, "-m", "distrib.train", override, "launcher.nproc=2", cwd=tmp_path)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
@@ -42,9 +47,17 @@ def test_two_local_workers_train_to_high_accuracy(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_failing_worker_fails_the_run_naming_its_rank_and_leaves_none_running(tmp_path: Path):
-    res = run_cli(PY, "-m", "distrib.train", "launcher.nproc=2", "~model",
-                  "+model._target_=fixtures.model_recording_pid", f"+model.pid_dir={tmp_path}",
-                  cwd=tmp_path, timeout=120)
+    res = run_cli(
+        PY,
+        "-m",
+        "distrib.train",
+        "launcher.nproc=2",
+        "~model",
+        "+model._target_=fixtures.model_recording_pid",
+        f"+model.pid_dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert res.returncode == 1
     assert "distrib: error: worker rank 1 failed (exit code 1)" in res.stderr
     assert "RuntimeError: boom on rank 1" in res.stderr  # the worker's traceback
@@ -52,13 +65,22 @@ def test_a_failing_worker_fails_the_run_naming_its_rank_and_leaves_none_running(
     assert len(pids) == 2
     time.sleep(0.5)
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
 
 
 @pytest.mark.slow
 def test_torchrun_runs_the_same_entry_in_place(tmp_path: Path):
-    res = run_cli(str(Path(PY).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
-                  "-m", "distrib.train", *FAST, cwd=tmp_path)
+    res = run_cli(
+        str(Path(PY).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "distrib.train",
+        *FAST,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "training on 2 worker(s)" in res.stdout
     assert "final test accuracy" in res.stdout
@@ -72,7 +94,14 @@ def test_own_script_example(launcher: str, tmp_path: Path):
     if launcher == "distrib":
         cmd = [PY, "-m", "distrib.launch", "--nproc", "2", script, "--epochs", "2"]
     else:
-        cmd = [str(Path(PY).parent / "torchrun"), "--standalone", "--nproc_per_node=2", script, "--epochs", "2"]
+        cmd = [
+            str(Path(PY).parent / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            script,
+            "--epochs",
+            "2",
+        ]
     res = run_cli(*cmd, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("2 workers)") == 2  # two epochs, printed once (rank 0)

@@ -28,8 +28,11 @@ def _step_and_compare(sync_bn: bool) -> dict:
     F.cross_entropy(model(x), y).backward()
     opt.step()
     params = torch.cat([p.detach().flatten() for p in distrib.unwrap(model).parameters()])
-    return {"ddp": isinstance(model, DDP), "params": params,
-            "sync_bn": any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())}
+    return {
+        "ddp": isinstance(model, DDP),
+        "params": params,
+        "sync_bn": any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()),
+    }
 
 
 def test_parameters_are_identical_on_every_rank_after_a_step():
@@ -68,7 +71,9 @@ def _accumulation(accum: int) -> dict:
     mine = slice(4 * ctx.rank, 4 * ctx.rank + 4)
     xs, ys = x[mine].chunk(accum), y[mine].chunk(accum)
     calls = []
-    hook = model.register_comm_hook(None, lambda state, bucket: (calls.append(1), _allreduce(bucket))[1])
+    hook = model.register_comm_hook(
+        None, lambda state, bucket: (calls.append(1), _allreduce(bucket))[1]
+    )
     del hook
     for i in range(accum):
         with distrib.accumulate(model, sync=i == accum - 1):

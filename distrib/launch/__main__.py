@@ -13,7 +13,9 @@ from distrib.launch.local import WorkerFailed, launch
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distrib.launch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m distrib.launch", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--nproc", type=int, default=2, help="workers on this machine (default 2)")
     parser.add_argument("--max-restarts", type=int, default=0, help="restarts of the worker group")
     parser.add_argument("script", help="the Python script each worker runs")
@@ -22,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     if ns.nproc < 1:
         parser.error(f"--nproc={ns.nproc}: expected an integer >= 1")
     try:
-        launch(sys.executable, ("-u", ns.script, *ns.args), nproc=ns.nproc, max_restarts=ns.max_restarts)
+        launch(
+            sys.executable,
+            ("-u", ns.script, *ns.args),
+            nproc=ns.nproc,
+            max_restarts=ns.max_restarts,
+        )
     except WorkerFailed as e:
         print(f"distrib: error: {e} running {ns.script}", file=sys.stderr)
         return 1

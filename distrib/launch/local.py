@@ -84,4 +84,6 @@ def _first_failure(e: Any) -> WorkerFailed:
     message = data.get("message", {}) if isinstance(data, dict) else {}
     if isinstance(message, dict):
         trace = message.get("extraInfo", {}).get("py_callstack", "") or message.get("message", "")
-    return WorkerFailed(rank=int(rank), exitcode=int(failure.exitcode), traceback=trace or str(failure.message))
+    return WorkerFailed(
+        rank=int(rank), exitcode=int(failure.exitcode), traceback=trace or str(failure.message)
+    )
