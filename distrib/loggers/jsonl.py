@@ -1,0 +1,63 @@
+"""Metrics as JSON lines: ``<run_dir>/metrics.jsonl``, one object per log call.
+
+The file is opened for appending, so a resumed job continues the same file; a reader keeps the
+last row per ``step`` (steps logged after the last checkpoint of a failed attempt are logged
+again by the resumed one). Each line is flushed when written, so ``tail -f`` and a crash both
+see every row that was logged. Non-finite numbers are written as ``null``: strict JSON readers
+(``jq``, browsers) reject ``NaN``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class JsonlLogger:
+    """Appends ``{"step": step, **metrics}`` to ``path`` (created with its parent folders)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        if self._file.tell() > 0 and not _ends_with_newline(self.path):
+            self._file.write("\n")  # a killed job may have left half a line: start a fresh one
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items() if k != "step"}}
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every row of a metrics file, in order (torn or blank lines skipped)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    try:
+        number = float(value)  # floats, numpy scalars, one-element tensors
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None

@@ -1,0 +1,90 @@
+"""Metrics to Weights & Biases: one run per job, created on rank 0, resumed with the job.
+
+``wandb`` is imported inside `WandbLogger` only, so a job that does not choose this logger
+never pays for (or needs) the package.
+
+- Mode: ``$WANDB_MODE`` when set (``online``, ``offline``, ``disabled``); else ``online`` when
+  ``$WANDB_API_KEY`` is set and ``offline`` otherwise, so a job on an air-gapped cluster never
+  blocks on the network (sync later with ``wandb sync <run_dir>/wandb/offline-run-*``). A
+  ``wandb login`` (netrc) without ``$WANDB_API_KEY`` needs ``WANDB_MODE=online``.
+- Identity: the run id lives in ``<run_dir>/wandb_run_id``; a resumed job (same run dir) reads
+  it and continues the same run with ``resume="allow"``.
+- Files: ``dir=<run_dir>``, so everything wandb writes sits under ``<run_dir>/wandb``.
+- Config: the resolved config with secrets redacted (`distrib.secrets.redact`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from distrib.secrets import redact
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def wandb_mode(environ: Mapping[str, str] | None = None) -> str:
+    """The mode a run gets: ``$WANDB_MODE``, else online with an API key, else offline."""
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_MODE"):
+        return env["WANDB_MODE"]
+    return "online" if env.get("WANDB_API_KEY") else "offline"
+
+
+def run_id(run_dir: Path) -> str:
+    """This job's wandb run id: read from ``<run_dir>/wandb_run_id``, created on first use."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    rid = uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(rid + "\n")
+    tmp.replace(path)  # atomic: a job killed here leaves either no id or a whole one
+    return rid
+
+
+class WandbLogger:
+    """A wandb run for this job (rank 0 only; `distrib.loggers.make_loggers` sees to that)."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        group: str | None = None,
+        project: str | None = None,
+    ) -> None:
+        import wandb
+
+        run_dir = Path(run_dir)
+        self.run_id = run_id(run_dir)
+        self._run: Any = wandb.init(
+            project=project or os.environ.get("WANDB_PROJECT") or "distrib",
+            id=self.run_id,
+            resume="allow",
+            dir=str(run_dir),
+            group=group,
+            config=redact(dict(config)),
+            mode=wandb_mode(),  # type: ignore[arg-type]
+            # Our own console and log files already record stdout; wandb's capture would wrap
+            # sys.stdout (breaking the progress bar) and duplicate every line into the run.
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        url = getattr(self._run, "url", None)
+        log.info("wandb run %s (%s)%s", self.run_id, wandb_mode(), f": {url}" if url else "")
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        row = {k: v for k, v in metrics.items() if k != "step"}  # wandb keeps its own step
+        self._run.log(row, step=step)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None

@@ -1,0 +1,286 @@
+"""Exact global metrics for the whole job, in one collective per log step.
+
+Each rank accumulates locally between log steps (`Metrics.add`, `add_ratio`, `add_per_rank`);
+`Metrics.compute` packs everything into one float64 tensor and does a single ``all_reduce``
+(SUM), whatever the number of metrics. Sums give exact global weighted means; for per-rank
+metrics (step time, memory) each rank writes its value into its own slot of a ``world_size``
+block, so after the SUM every rank holds every rank's value and takes min/mean/max locally.
+
+The training loop's view::
+
+    metrics, timer = Metrics(), StepTimer(ctx.device)
+    for x, y in timer.iterate(train_dl):
+        ...
+        step_s, wait_s = timer.step_done()
+        record_step(metrics, loss=loss, samples=len(x), step_s=step_s, data_wait_s=wait_s)
+        if step % log_every == 0:
+            row = report(metrics, ctx, epoch=epoch, step=step, lr=lr)   # same on every rank
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from distrib.process_group import Context, current
+
+T = TypeVar("T")
+
+
+class Metrics:
+    """Metric accumulator for one log window; `compute` reduces over ranks and resets.
+
+    Every rank must add the same set of names between two `compute` calls (the order does not
+    matter: names are sorted). A different set with the same count is detected and raised on
+    every rank; a different *count* changes the tensor's length, which the backend itself
+    rejects or, on some backends, hangs on -- so add every name on every rank, zero included.
+
+    Example::
+
+        m = Metrics()
+        m.add("loss", 0.3, weight=64)            # exact global mean, weighted by samples
+        m.add_ratio("acc", correct, total)       # global sum(correct) / sum(total)
+        m.add_per_rank("step_time", 0.12)        # -> step_time_min / _mean / _max over ranks
+        m.compute(ctx)                           # {"acc": ..., "loss": ..., "step_time_max": ...}
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}  # name -> [sum(value * weight), sum(weight)]
+        self._per_rank: dict[str, list[float]] = {}  # same, but reduced to one value per rank
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        """Add to a weighted mean: the result is sum(value * weight) / sum(weight), all ranks."""
+        self.add_ratio(name, float(value) * weight, weight)
+
+    def add_ratio(self, name: str, numerator: float, denominator: float) -> None:
+        """Add to a global ratio sum(numerator) / sum(denominator) (``nan`` if that is 0)."""
+        self._accumulate(self._sums, self._per_rank, name, float(numerator), float(denominator))
+
+    def add_per_rank(self, name: str, value: float, weight: float = 1.0) -> None:
+        """Add to this rank's local weighted mean; `compute` reports its min/mean/max over ranks.
+
+        The mean is the plain mean of the ranks' values (each rank counts once): the right
+        average for step times, where the slowest rank is what everyone waits for.
+        """
+        w = float(weight)
+        self._accumulate(self._per_rank, self._sums, name, float(value) * w, w)
+
+    @staticmethod
+    def _accumulate(
+        into: dict[str, list[float]],
+        other: dict[str, list[float]],
+        name: str,
+        num: float,
+        den: float,
+    ) -> None:
+        if name in other:
+            raise ValueError(
+                f"metric {name!r} was added both per rank and as a global mean "
+                "in this window; use one kind per name"
+            )
+        acc = into.setdefault(name, [0.0, 0.0])
+        acc[0] += num
+        acc[1] += den
+
+    def names(self) -> list[str]:
+        """The names added since the last `compute`, sorted."""
+        return sorted([*self._sums, *self._per_rank])
+
+    def reset(self) -> None:
+        """Drop what was accumulated (done by `compute`)."""
+        self._sums.clear()
+        self._per_rank.clear()
+
+    def compute(self, ctx: Context | None = None) -> dict[str, float]:
+        """Reduce over all ranks with exactly one ``all_reduce``, reset, return global values.
+
+        Call it on every rank (it is a collective), at the same steps. Without a process group
+        it computes the same numbers locally.
+        """
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        world = dist.get_world_size() if distributed else 1
+        means, spreads = sorted(self._sums), sorted(self._per_rank)
+        packed = [0.0] * world  # slot r: rank r's hash of the names it added
+        packed[rank] = float(_names_hash(means, spreads))
+        for name in means:
+            packed += self._sums[name]
+        for name in spreads:
+            block = [0.0] * world
+            block[rank] = _ratio(*self._per_rank[name])
+            packed += block
+        tensor = torch.tensor(packed, dtype=torch.float64)
+        if distributed:
+            ctx = ctx or current()
+            if ctx.backend == "nccl":  # nccl reduces device tensors only; gloo wants CPU
+                tensor = tensor.to(ctx.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        values = tensor.cpu().tolist()
+        _check_same_names(values[:world], rank, means + spreads)
+        out: dict[str, float] = {}
+        pos = world
+        for name in means:
+            out[name] = _ratio(values[pos], values[pos + 1])
+            pos += 2
+        for name in spreads:
+            per_rank = values[pos : pos + world]
+            out[f"{name}_min"] = min(per_rank)
+            out[f"{name}_mean"] = math.fsum(per_rank) / world
+            out[f"{name}_max"] = max(per_rank)
+            pos += world
+        self.reset()
+        return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+def _names_hash(means: list[str], spreads: list[str]) -> int:
+    """crc32 of the kinds and names: an integer below 2**32, so exact in a float64 slot."""
+    key = "\n".join([*(f"mean:{n}" for n in means), *(f"rank:{n}" for n in spreads)])
+    return zlib.crc32(key.encode())
+
+
+def _check_same_names(hashes: list[float], rank: int, names: list[str]) -> None:
+    # Every rank sees every hash, so every rank raises: no rank is left waiting in a collective.
+    differ = [r for r, h in enumerate(hashes) if h != hashes[rank]]
+    if differ:
+        raise RuntimeError(
+            f"Metrics.compute: ranks {differ} added different metric names than rank {rank} "
+            f"({', '.join(names) or 'none'}); every rank must add the same names between "
+            "compute() calls (add 0 with weight 0 for a metric a rank has no value for)"
+        )
+
+
+class StepTime(NamedTuple):
+    step_s: float
+    """Wall time since the previous step ended (or the loop started)."""
+    data_wait_s: float
+    """The part of it spent waiting for the next batch (inside the loader's ``next``)."""
+
+
+class StepTimer:
+    """Splits training wall time into steps and, within each, the time spent waiting for data.
+
+    Data wait is the time inside the loader's ``next()``: from the end of the previous
+    micro-batch's work to the batch being available, including worker startup on the first one.
+    On CUDA `step_done` synchronizes the device, so step times are compute, not just launches
+    (the host-side wait can overlap GPU work that is still queued).
+
+    Example::
+
+        timer = StepTimer(ctx.device)
+        for x, y in timer.iterate(train_dl):
+            ...                                   # forward/backward, maybe several micro-batches
+            if last_micro:
+                step_s, wait_s = timer.step_done()
+    """
+
+    def __init__(
+        self, device: torch.device | None = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self._sync = device is not None and device.type == "cuda"
+        self._device = device
+        self._clock = clock
+        self._start = clock()
+        self._wait = 0.0
+
+    def restart(self) -> None:
+        """Start the next step's clock now (`iterate` does this; call after a pause, e.g. eval)."""
+        self._start, self._wait = self._clock(), 0.0
+
+    def iterate(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Yield from ``iterable``, counting the time spent waiting for each item."""
+        self.restart()
+        t0 = self._clock()
+        it = iter(iterable)  # a DataLoader starts its workers here: that is data wait too
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self._wait += self._clock() - t0
+            yield item
+            t0 = self._clock()
+
+    def step_done(self) -> StepTime:
+        """End the current step: its wall time and data wait; the next step starts now."""
+        if self._sync:
+            torch.cuda.synchronize(self._device)
+        now = self._clock()
+        out = StepTime(now - self._start, self._wait)
+        self._start, self._wait = now, 0.0
+        return out
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory of this rank in MiB: CUDA allocator peak on CUDA, else peak process RSS.
+
+    The RSS is this process's only (DataLoader workers are separate processes).
+    """
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+# Raw names `record_step` adds and `summarize` turns into the reported ones.
+_LOSS, _SAMPLES, _WAIT, _STEP, _MEMORY = "loss", "samples", "data_wait", "step_time", "memory_mb"
+
+
+def record_step(
+    metrics: Metrics, *, loss: float, samples: int, step_s: float, data_wait_s: float
+) -> None:
+    """Add one optimizer step of this rank under the names `summarize` reads.
+
+    ``loss`` is the step's mean loss on this rank, ``samples`` the samples this rank processed
+    in the step (all micro-batches together).
+    """
+    metrics.add(_LOSS, loss, weight=samples)
+    metrics.add_ratio(_SAMPLES, samples, step_s)  # samples per second of step, per rank
+    metrics.add_ratio(_WAIT, data_wait_s, step_s)  # share of step time spent waiting
+    metrics.add_per_rank(_STEP, step_s)
+
+
+def report(metrics: Metrics, ctx: Context, *, epoch: int, step: int, lr: float) -> dict[str, float]:
+    """Reduce the window (one collective; call on every rank) and return the logged row."""
+    metrics.add_per_rank(_MEMORY, peak_memory_mb(ctx.device))
+    return summarize(metrics.compute(ctx), world_size=ctx.world_size, epoch=epoch, step=step, lr=lr)
+
+
+def summarize(
+    computed: dict[str, float], *, world_size: int, epoch: int, step: int, lr: float
+) -> dict[str, float]:
+    """The built-in row from `Metrics.compute`'s output; metrics it does not know pass through.
+
+    ``samples_per_s`` is the job's throughput (every rank works at the same time, so it is the
+    per-rank rate times the world size); ``straggler_ratio`` is the slowest rank's mean step
+    time over the average rank's (1.0 is perfectly balanced).
+    """
+    rest = dict(computed)
+    row: dict[str, float] = {"step": step, "epoch": epoch}
+    if _LOSS in rest:
+        row["loss"] = rest.pop(_LOSS)
+    row["lr"] = lr
+    if _SAMPLES in rest:
+        row["samples_per_s"] = rest.pop(_SAMPLES) * world_size
+    if f"{_STEP}_max" in rest:
+        for stat in ("min", "mean", "max"):
+            row[f"step_time_{stat}"] = rest.pop(f"{_STEP}_{stat}")
+        row["straggler_ratio"] = _ratio(row["step_time_max"], row["step_time_mean"])
+    if _WAIT in rest:
+        row["data_wait_frac"] = rest.pop(_WAIT)
+    if f"{_MEMORY}_max" in rest:
+        row["peak_memory_mb"] = rest.pop(f"{_MEMORY}_max")
+        rest.pop(f"{_MEMORY}_min")
+        rest.pop(f"{_MEMORY}_mean")
+    return {**row, **rest}

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import io
+import logging
+from collections import namedtuple
+
+from distrib.secrets import REDACTED, RedactingFilter, is_secret_key, redact, secret_values
+
+ENV_SECRET = "hf_abcdefghijklmnopqrstuvwxyz012345"
+
+
+def test_keys_that_look_secret():
+    for key in (
+        "api_key",
+        "WANDB_API_KEY",
+        "apiKey",
+        "hf_token",
+        "Password",
+        "db_passwd",
+        "client_secret",
+        "credentials",
+        "access_token_v2",
+    ):
+        assert is_secret_key(key), key
+    for key in ("max_tokens", "tokenizer", "num_tokens", "project", "lr", "keyword"):
+        assert not is_secret_key(key), key
+
+
+def test_redact_nested_keys_and_env_values_without_touching_the_original():
+    Pair = namedtuple("Pair", "a b")
+    cfg = {
+        "wandb": {"api_key": "abc", "project": "demo", "token": None},
+        "db": [{"password": "hunter2", "host": "db.local"}, "plain"],
+        "Secret_Key": 5,
+        "credentials": {"user": "u", "pass": "p"},
+        "max_tokens": 512,
+        "tokenizer": "gpt2",
+        "hub_url": f"https://user:{ENV_SECRET}@hub.example",
+        "args": (ENV_SECRET, "ok"),
+        "pair": Pair(ENV_SECRET, 1),
+    }
+    env = {"HF_TOKEN": ENV_SECRET, "SHORT_TOKEN": "gpt2", "HOME": "/root/some/long/path"}
+    out = redact(cfg, environ=env)
+    assert out == {
+        "wandb": {"api_key": REDACTED, "project": "demo", "token": None},
+        "db": [{"password": REDACTED, "host": "db.local"}, "plain"],
+        "Secret_Key": REDACTED,
+        "credentials": REDACTED,
+        "max_tokens": 512,
+        "tokenizer": "gpt2",  # SHORT_TOKEN's value is under 8 characters: not scrubbed
+        "hub_url": f"https://user:{REDACTED}@hub.example",
+        "args": (REDACTED, "ok"),
+        "pair": Pair(REDACTED, 1),
+    }
+    assert cfg["wandb"]["api_key"] == "abc" and cfg["args"][0] == ENV_SECRET
+
+
+def test_redact_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", ENV_SECRET)
+    assert redact({"note": f"key={ENV_SECRET}"}) == {"note": f"key={REDACTED}"}
+
+
+def test_secret_values_only_from_secret_names_and_long_values():
+    env = {"WANDB_API_KEY": ENV_SECRET, "GITHUB_TOKEN": "short", "PATH": "/usr/bin:/bin:/x"}
+    assert secret_values(env) == {ENV_SECRET}
+
+
+def test_logging_filter_scrubs_messages_args_and_tracebacks():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter({"WANDB_API_KEY": ENV_SECRET}))
+    logger = logging.getLogger("test_secrets.filter")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("logging in with %s", ENV_SECRET)
+        logger.warning(f"inline {ENV_SECRET} too")
+        try:
+            raise RuntimeError(f"bad key {ENV_SECRET}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert ENV_SECRET not in text
+    assert f"logging in with {REDACTED}" in text and f"inline {REDACTED} too" in text
+    assert f"RuntimeError: bad key {REDACTED}" in text
