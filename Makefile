@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: venv
-	WANDB_MODE=offline $(BIN)/python -m distrib.train launcher=local launcher.nproc=2
+	WANDB_MODE=offline $(BIN)/python -m distrib.train launcher=local launcher.nproc=2 'logger=[console,jsonl,wandb]'
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -15,15 +15,43 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from distrib.errors import ConfigError, check
+from distrib.loggers import LOGGERS
 from distrib.wrap import PRECISIONS, DDPConfig
 
 LAUNCHERS = ("local",)
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """When checkpoints are written and which are kept (``trainer.checkpoint.*``)."""
+
+    every_steps: int = 0
+    """Save every N optimizer steps (0: off); mid-epoch saves resume at the exact next sample."""
+    every_epoch: bool = True
+    """Save at the end of every epoch (and always at the end of training)."""
+    keep_last: int = 3
+    """Keep the newest N checkpoints (plus the best one)."""
+    best_metric: str | None = "eval_acc"
+    """Also keep the best checkpoint by this evaluation metric (null: off)."""
+    best_mode: str = "max"
+    """max or min: which way ``best_metric`` is better."""
+    async_save: bool = False
+    """Copy the state to CPU memory and write it on a background thread."""
+
+    def __post_init__(self) -> None:
+        p = "trainer.checkpoint."
+        check(
+            self.every_steps >= 0, p + "every_steps", self.every_steps, "an integer >= 0 (0: off)"
+        )
+        check(self.keep_last >= 1, p + "keep_last", self.keep_last, "an integer >= 1")
+        check(self.best_mode in ("max", "min"), p + "best_mode", self.best_mode, "max or min")
 
 
 @dataclass(kw_only=True)
@@ -60,9 +88,18 @@ class TrainerConfig:
     """torch.use_deterministic_algorithms(True): bit-exact reruns, sometimes slower."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
+    resume: str = "auto"
+    """auto: continue from the newest good checkpoint of the run directory; never; or a path."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
+        check(
+            self.resume in ("auto", "never") or Path(self.resume).is_file(),
+            "trainer.resume",
+            self.resume,
+            "auto, never or the path of an existing checkpoint file",
+        )
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         check(
             self.max_steps >= 0,
@@ -141,6 +178,12 @@ class Config:
     """Optional LR scheduler ``_target_`` with ``_partial_: true``; called with the optimizer."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    """Where metrics go, any of console, jsonl, wandb (rank 0 only)."""
+
+    def __post_init__(self) -> None:
+        for name in self.logger:
+            check(name in LOGGERS, "logger", name, "a list of " + ", ".join(LOGGERS))
 
 
 def run_id(environ: typing.Mapping[str, str] | None = None) -> str:

@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from distrib.secrets import RedactingFilter
+
 _HANDLER_TAG = "_distrib_handler"
 
 
@@ -21,7 +23,7 @@ def setup_logging(run_dir: Path | None, rank: int) -> logging.Logger:
     for h in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
         logger.removeHandler(h)
         h.close()
-    console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
+    console = _TqdmHandler(sys.stdout) if rank == 0 else logging.StreamHandler(sys.stderr)
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     console.setFormatter(
         logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
@@ -32,7 +34,22 @@ def setup_logging(run_dir: Path | None, rank: int) -> logging.Logger:
         file = logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")
         file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handlers.append(file)
+    redacting = RedactingFilter()  # secrets from the environment never reach a log line
     for h in handlers:
         setattr(h, _HANDLER_TAG, True)
+        h.addFilter(redacting)
         logger.addHandler(h)
     return logger
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Writes through ``tqdm.write`` so lines land above a live progress bar, not inside it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:
+            self.handleError(record)

@@ -1,16 +1,17 @@
-"""The training loop behind ``python -m distrib.train``: build, train, evaluate, report.
+"""The training loop behind ``python -m distrib.train``: build, resume, train, evaluate, save.
 
-Order of a run (each step is one function below): join the job (`session`), seed equally on
-every rank, build the model and wrap it, build the optimizer over the *wrapped* parameters,
-shard the data, then per epoch: train with gradient accumulation, evaluate exactly, log.
-Users with their own script call the same pieces through the public API instead.
+Order of a run (each a function below): join the job (`session`) with preemption signals
+caught, seed equally on every rank, build the model and wrap it, build the optimizer over the
+*wrapped* parameters, shard the data, resume from a checkpoint, then per epoch: train with
+gradient accumulation, evaluate exactly, log, save. SIGTERM/SIGUSR1 finish the current step,
+save, and exit with `REQUEUE_EXIT_CODE`. Users with their own script call the same pieces
+through the public API instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +21,69 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from distrib import preemption
+from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
+from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.logs import setup_logging
+from distrib.metrics import Metrics, StepTimer, record_step, report
 from distrib.process_group import Context, session
 from distrib.rng import seed_all
+from distrib.train_state import TrainState, capture, restore
 from distrib.wrap import accumulate, autocast, clip_grad, unwrap, wrap
 
 log = logging.getLogger("distrib.loop")
 
 
-@dataclass
-class TrainState:
-    """Where training is: what a checkpoint must restore to continue exactly."""
-
-    epoch: int = 0
-    step: int = 0
-    """Optimizer steps taken in all."""
-    consumed: int = 0
-    """Global samples consumed in the current epoch."""
-    history: list[dict[str, float]] = field(default_factory=list)
-    """One entry per logging step (global values) and per evaluation."""
-
-
-def worker_entry(cfg: dict, run_dir: str) -> dict[str, Any]:
+def worker_entry(cfg: dict, run_dir: str, group: str | None = None) -> dict[str, Any]:
     """What each launched worker runs: a picklable, importable entry point."""
-    return fit(to_config(cfg), Path(run_dir))
+    return fit(to_config(cfg), Path(run_dir), group=group)
 
 
-def fit(cfg: Config, run_dir: Path | None, *, return_weights: bool = False) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Run:
+    """The live objects of one run, passed between the steps below."""
+
+    cfg: Config
+    ctx: Context
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ckpt: Checkpointer
+    loggers: list[MetricLogger]
+    state: TrainState
+    saved_step: int = -1
+
+    def save(self, metrics: dict[str, float] | None = None) -> None:
+        """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes)."""
+        data = capture(
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            ctx=self.ctx,
+            global_batch=self.cfg.trainer.global_batch_size,
+            config=dataclasses.asdict(self.cfg),
+        )
+        self.ckpt.save(data, step=self.state.step, epoch=self.state.epoch, metrics=metrics)
+        self.saved_step = self.state.step
+
+
+def fit(
+    cfg: Config, run_dir: Path | None, *, return_weights: bool = False, group: str | None = None
+) -> dict[str, Any]:
     """Train ``cfg`` in this process as one worker of the job its environment describes.
 
-    Returns the final evaluation and the logged history (global values, equal on every rank);
-    ``return_weights`` adds the final CPU state dict (for tests and notebooks).
+    ``run_dir`` holds checkpoints, metrics.jsonl, wandb files and per-rank logs (None: keep
+    nothing, for tests). Returns the final evaluation and the logged history (equal on every
+    rank); ``return_weights`` adds the final CPU state dict.
     """
     t = cfg.trainer
-    with session(device=t.device, backend=t.backend, timeout_s=t.timeout_s) as ctx:
+    with (
+        session(device=t.device, backend=t.backend, timeout_s=t.timeout_s) as ctx,
+        preemption.install() as flag,
+    ):
         setup_logging(run_dir, ctx.rank)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -78,109 +106,197 @@ def fit(cfg: Config, run_dir: Path | None, *, return_weights: bool = False) -> d
             ctx=ctx,
             num_workers=t.num_workers,
         )
-        if ctx.is_main:
-            log.info(
-                "training on %d worker(s) (%s, %s), global batch %d = %d x %d x %d micro-steps",
-                ctx.world_size,
-                ctx.device,
-                ctx.backend,
-                t.global_batch_size,
-                ctx.world_size,
-                t.global_batch_size // (ctx.world_size * t.grad_accum),
-                t.grad_accum,
-            )
-        state = TrainState()
-        result: dict[str, Any] = {}
-        while state.epoch < t.epochs and not _done(state, t.max_steps):
-            t0 = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, scheduler, train_dl, ctx, cfg, state)
-            result = evaluate(unwrap(model), eval_dl, ctx)
-            state.history.append({"epoch": state.epoch, "step": state.step, **result})
-            log.info(
-                "epoch %d/%d  step %d  train_loss %.4f  eval_loss %.4f  eval_acc %.4f  (%.1fs)",
-                state.epoch + 1,
-                t.epochs,
-                state.step,
-                train_loss,
-                result["eval_loss"],
-                result["eval_acc"],
-                time.perf_counter() - t0,
-            )
-            state.epoch, state.consumed = state.epoch + 1, 0
+        c = t.checkpoint
+        ckpt = Checkpointer(
+            (run_dir or Path(".")) / "checkpoints",
+            keep_last=c.keep_last,
+            best_metric=c.best_metric,
+            best_mode=c.best_mode,
+            async_save=c.async_save,
+            enabled=ctx.is_main and run_dir is not None,
+        )
+        run = _Run(cfg, ctx, model, optimizer, scheduler, ckpt, [], TrainState())
+        try:
+            _resume(run, t.resume if run_dir is not None else "never")
+            steps_per_epoch = -(-len(train_dl) // t.grad_accum)
+            total = steps_per_epoch * t.epochs
+            total = min(total, t.max_steps) if t.max_steps else total
+            if run_dir is not None:
+                run.loggers = make_loggers(
+                    cfg.logger,
+                    run_dir=run_dir,
+                    config=dataclasses.asdict(cfg),
+                    is_main=ctx.is_main,
+                    total_steps=total,
+                    group=group,
+                    start_step=run.state.step,
+                )
+            if ctx.is_main:
+                log.info(
+                    "training on %d worker(s) (%s, %s), global batch %d = %d x %d x %d micro-steps",
+                    ctx.world_size,
+                    ctx.device,
+                    ctx.backend,
+                    t.global_batch_size,
+                    ctx.world_size,
+                    t.global_batch_size // (ctx.world_size * t.grad_accum),
+                    t.grad_accum,
+                )
+            result = _train(run, train_dl, eval_dl, flag)
+        finally:
+            ckpt.close()
+            close_all(run.loggers)
         log.info(
             "final test accuracy: %.4f (%d/%d)",
-            result.get("eval_acc", float("nan")),
-            result.get("eval_correct", 0),
-            result.get("eval_total", 0),
+            result["eval_acc"],
+            result["eval_correct"],
+            result["eval_total"],
         )
-        out = {"rank": ctx.rank, "world_size": ctx.world_size, "history": state.history, **result}
+        out = {
+            "rank": ctx.rank,
+            "world_size": ctx.world_size,
+            "history": run.state.history,
+            "step": run.state.step,
+            **result,
+        }
         if return_weights:
             out["state_dict"] = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
         return out
+
+
+def _resume(run: _Run, resume: str) -> None:
+    """Load the checkpoint ``resume`` names (auto: newest good one; never: none)."""
+    if resume == "never":
+        return
+    path = ""
+    if run.ctx.is_main:
+        if resume == "auto":
+            found = run.ckpt.latest_good()
+            path = str(found[1]) if found is not None else ""
+        else:
+            path = resume
+    if run.ctx.is_distributed:  # rank 0 chose; every rank loads that same file
+        box = [path]
+        dist.broadcast_object_list(box, src=0)
+        path = box[0]
+    if not path:
+        return
+    data = run.ckpt.load(Path(path))
+    run.state = restore(
+        data,
+        Path(path),
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        ctx=run.ctx,
+        seed=run.cfg.trainer.seed,
+    )
+    run.saved_step = run.state.step
+    log.info(
+        "resumed from %s: epoch %d, step %d, %d samples into the epoch (written by %d worker(s))",
+        path,
+        run.state.epoch + 1,
+        run.state.step,
+        run.state.consumed,
+        data["world_size"],
+    )
+
+
+def _train(
+    run: _Run, train_dl: DataLoader, eval_dl: DataLoader, flag: preemption.PreemptionFlag
+) -> dict[str, Any]:
+    t = run.cfg.trainer
+    result: dict[str, Any] | None = None
+    while run.state.epoch < t.epochs and not _done(run.state, t.max_steps):
+        if train_epoch(run, train_dl, flag):
+            run.save()
+            run.ckpt.close()
+            if run.ctx.is_main:
+                log.warning(
+                    "preempted: checkpoint at step %d written; exiting with code %d (requeue)",
+                    run.state.step,
+                    preemption.REQUEUE_EXIT_CODE,
+                )
+            raise SystemExit(preemption.REQUEUE_EXIT_CODE)
+        if run.state.consumed < train_dl.sampler.epoch_samples():  # type: ignore[attr-defined]
+            break  # max_steps ended training mid-epoch
+        result = evaluate(unwrap(run.model), eval_dl, run.ctx)
+        row = {"epoch": run.state.epoch, "step": run.state.step, **result}
+        run.state.history.append(row)
+        log_all(run.loggers, {k: float(v) for k, v in row.items()}, run.state.step)
+        log.info(
+            "epoch %d/%d  step %d  eval_loss %.4f  eval_acc %.4f",
+            run.state.epoch + 1,
+            t.epochs,
+            run.state.step,
+            result["eval_loss"],
+            result["eval_acc"],
+        )
+        run.state.epoch, run.state.consumed = run.state.epoch + 1, 0
+        if t.checkpoint.every_epoch:
+            run.save({k: float(v) for k, v in result.items()})
+    if result is None:
+        result = evaluate(unwrap(run.model), eval_dl, run.ctx)
+    if run.saved_step != run.state.step:
+        run.save({k: float(v) for k, v in result.items()})
+    return result
 
 
 def _done(state: TrainState, max_steps: int) -> bool:
     return max_steps > 0 and state.step >= max_steps
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    dl: DataLoader,
-    ctx: Context,
-    cfg: Config,
-    state: TrainState,
-) -> float:
-    """One pass over this rank's shard; returns the epoch's global mean training loss."""
-    t = cfg.trainer
+def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> bool:
+    """Train from the state's position to the end of the epoch; True when preempted."""
+    t, ctx, state = run.cfg.trainer, run.ctx, run.state
     dl.sampler.set_position(state.epoch, state.consumed)  # type: ignore[attr-defined]
-    model.train()
+    run.model.train()
     n_micro = len(dl)
-    window = torch.zeros(2, dtype=torch.float64)  # loss sum, steps since the last log
-    epoch_sum = torch.zeros(2, dtype=torch.float64)
-    step_loss = 0.0
-    for i, (x, y) in enumerate(dl):
+    metrics, timer = Metrics(), StepTimer(ctx.device)
+    step_loss, step_samples = 0.0, 0
+    for i, (x, y) in enumerate(timer.iterate(dl)):
         first = i - i % t.grad_accum
         in_step = min(t.grad_accum, n_micro - first)  # the last step may be short
         last_micro = i - first == in_step - 1
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-        with accumulate(model, sync=last_micro):
+        with accumulate(run.model, sync=last_micro):
             with autocast(ctx.device, t.precision):
-                loss = F.cross_entropy(model(x), y) / in_step
+                loss = F.cross_entropy(run.model(x), y) / in_step
             loss.backward()
         step_loss += loss.item()
+        step_samples += x.shape[0]
         if not last_micro:
             continue
-        clip_grad(model, t.clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
+        clip_grad(run.model, t.clip_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scheduler is not None:
+            run.scheduler.step()
         state.step += 1
-        state.consumed += x.shape[0] * in_step * ctx.world_size
-        window += torch.tensor([step_loss, 1.0], dtype=torch.float64)
-        step_loss = 0.0
+        state.consumed += step_samples * ctx.world_size
+        step_s, wait_s = timer.step_done()
+        record_step(
+            metrics, loss=step_loss, samples=step_samples, step_s=step_s, data_wait_s=wait_s
+        )
+        step_loss, step_samples = 0.0, 0
         end = i == n_micro - 1 or _done(state, t.max_steps)
         if state.step % t.log_every == 0 or end:
-            mean = _global_mean(window, ctx)
-            epoch_sum += torch.tensor(
-                [mean * window[1].item(), window[1].item()], dtype=torch.float64
+            row = report(
+                metrics,
+                ctx,
+                epoch=state.epoch,
+                step=state.step,
+                lr=run.optimizer.param_groups[0]["lr"],
             )
-            state.history.append({"epoch": state.epoch, "step": state.step, "loss": mean})
-            log.info("epoch %d  step %d  loss %.4f", state.epoch + 1, state.step, mean)
-            window.zero_()
+            state.history.append(row)
+            log_all(run.loggers, row, state.step)
+        if preemption.should_stop(flag, ctx):
+            return True
+        if t.checkpoint.every_steps and state.step % t.checkpoint.every_steps == 0 and not end:
+            run.save()
         if _done(state, t.max_steps):
             break
-    return (epoch_sum[0] / epoch_sum[1].clamp(min=1)).item()
-
-
-def _global_mean(window: torch.Tensor, ctx: Context) -> float:
-    """Mean step loss over all ranks in one all_reduce (ranks hold equal-sized batches)."""
-    total = window.clone()
-    if ctx.is_distributed:
-        dist.all_reduce(total)  # gloo and nccl both sum float64 on CPU tensors
-    return (total[0] / total[1]).item()
+    return False
 
 
 @torch.no_grad()
@@ -188,18 +304,13 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context) -> dict[str, Any]:
     """Exact global loss and accuracy: summed over every sample once, one all_reduce."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, total
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, total
     for x, y in dl:
         x, y = x.to(ctx.device), y.to(ctx.device)
         out = model(x)
-        sums += torch.tensor(
-            [
-                F.cross_entropy(out.float(), y, reduction="sum").item(),
-                (out.argmax(dim=1) == y).sum().item(),
-                y.numel(),
-            ],
-            dtype=torch.float64,
-        )
+        sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
+        sums[1] += (out.argmax(dim=1) == y).sum()
+        sums[2] += y.numel()
     if ctx.is_distributed:
         dist.all_reduce(sums)
     model.train(was_training)

@@ -54,6 +54,7 @@ class Context:
 
 
 _current: Context | None = None
+_BARRIER_TIMEOUT_S = 60.0
 
 
 def current() -> Context:
@@ -134,16 +135,36 @@ def init(
         )
         log.debug("rank %d/%d joined %s group", env.rank, env.world_size, backend)
     _current = Context(env=env, device=dev, backend=backend)
-    atexit.register(shutdown)
+    atexit.register(_shutdown_at_exit)
     return _current
 
 
-def shutdown() -> None:
-    """Destroy the process group if there is one; safe to call twice."""
+def shutdown(*, barrier: bool = True) -> None:
+    """Destroy the process group if there is one; safe to call twice.
+
+    With ``barrier`` (a normal end) every rank first waits for the others, so no rank tears
+    down its gloo connections while a peer still uses them (that aborts the peer); a bounded
+    wait on gloo, so a dead peer cannot hang the exit. Error paths skip it.
+    """
     global _current
-    _current = None
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    ctx, _current = _current, None
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=_BARRIER_TIMEOUT_S))
+            else:
+                dist.barrier(
+                    device_ids=[ctx.device.index] if ctx and ctx.device.type == "cuda" else None
+                )
+        except RuntimeError as e:  # a peer is gone: tear down anyway
+            log.warning("shutdown barrier failed (%s); destroying the process group", e)
+    dist.destroy_process_group()
+
+
+def _shutdown_at_exit() -> None:
+    shutdown(barrier=False)
 
 
 @contextlib.contextmanager
@@ -152,5 +173,10 @@ def session(**kwargs: object) -> Iterator[Context]:
     ctx = init(**kwargs)  # type: ignore[arg-type]
     try:
         yield ctx
-    finally:
+    except SystemExit:  # a coordinated exit (every rank agreed to stop, e.g. preemption)
         shutdown()
+        raise
+    except BaseException:
+        shutdown(barrier=False)
+        raise
+    shutdown()

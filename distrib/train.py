@@ -12,6 +12,7 @@ when this process already is a worker (torchrun, SLURM), trains in place (``dist
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def preflight(
 
 def _task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from distrib.config import ConfigError, check_targets, to_config
@@ -100,31 +102,44 @@ def _task(cfg: Any) -> Any:
         check_targets(run_cfg)
     except ConfigError as e:
         _fail(e)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     values = OmegaConf.to_container(cfg, resolve=True)
-    return run(values, run_cfg, run_dir)  # type: ignore[arg-type]
+    # Under hydra multirun every job of one sweep shares a wandb group: the sweep directory.
+    group = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        group = Path(hydra_cfg.sweep.dir).as_posix().strip("/").replace("/", "-")
+    return run(values, run_cfg, run_dir, group)  # type: ignore[arg-type]
 
 
-def run(values: dict, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, Any]:
     """Train in place if this process is a worker (or one is enough), else launch workers."""
     from distrib.env import is_worker
     from distrib.loop import fit, worker_entry
 
     if is_worker() or cfg.launcher.nproc == 1:
-        return fit(cfg, run_dir)
-    from distrib.launch.local import WorkerFailed, launch
+        return fit(cfg, run_dir, group=group)
+    from distrib.launch.local import Interrupted, WorkerFailed, launch
+    from distrib.preemption import REQUEUE_EXIT_CODE
 
     try:
         results = launch(
             worker_entry,
-            (values, str(run_dir)),
+            (values, str(run_dir), group),
             nproc=cfg.launcher.nproc,
             max_restarts=cfg.launcher.max_restarts,
         )
     except WorkerFailed as e:
+        if e.exitcode == REQUEUE_EXIT_CODE:  # a worker was preempted and checkpointed
+            sys.exit(REQUEUE_EXIT_CODE)
         print(e.traceback.rstrip(), file=sys.stderr)
         print(f"distrib: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as e:
+        # SIGTERM/SIGUSR1 reached the workers too: they saved and exited for a requeue.
+        preempt = e.signum in (signal.SIGTERM, signal.SIGUSR1)
+        print(f"distrib: {e}", file=sys.stderr)
+        sys.exit(REQUEUE_EXIT_CODE if preempt else 128 + e.signum)
     return results[0]
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 
+import torch
 from torch import nn
 
+from distrib.datasets import synthetic
 from distrib.models import SmallCNN
 
 
@@ -22,3 +26,36 @@ def model_recording_pid(pid_dir: str, fail_rank: int = 1) -> nn.Module:
     with open(os.path.join(pid_dir, f"rank{rank}.pid"), "w") as f:
         f.write(str(os.getpid()))
     return model_failing_on_rank(fail_rank)
+
+
+class Recorded(torch.utils.data.Dataset):
+    """Synthetic data that appends every index it serves to ``<record_dir>/rank<k>.txt`` and can
+    sleep per item, so tests can see which samples each run consumed and kill runs mid-way."""
+
+    def __init__(
+        self,
+        split: str = "train",
+        record_dir: str | None = None,
+        delay: float = 0.0,
+        size: int = 640,
+        features: int = 16,
+        kill_at: int = 0,
+    ) -> None:
+        self.data = synthetic(split, size=size, features=features)
+        self.record_dir, self.delay, self.kill_at = record_dir, delay, kill_at
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.served += 1
+        if self.kill_at and self.served == self.kill_at and os.environ.get("RANK", "0") == "0":
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no handler, no cleanup
+        if self.record_dir:
+            rank = os.environ.get("RANK", "0")
+            with open(os.path.join(self.record_dir, f"rank{rank}.txt"), "a") as f:
+                f.write(f"{i}\n")
+        if self.delay:
+            time.sleep(self.delay)
+        return self.data[i]

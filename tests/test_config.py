@@ -38,6 +38,18 @@ def test_defaults_compose_into_the_schema():
         ("launcher.nproc=0", "launcher.nproc=0: expected an integer >= 1"),
         ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32 or bf16"),
         ("model=nope", "Could not find 'model/nope' Available options in 'model': cnn mlp"),
+        (
+            "trainer.resume=/no/such.pt",
+            "trainer.resume='/no/such.pt': expected auto, never or the path of an existing",
+        ),
+        (
+            "trainer.checkpoint.keep_last=0",
+            "trainer.checkpoint.keep_last=0: expected an integer >= 1",
+        ),
+        (
+            "logger=[console,tensorboard]",
+            "logger='tensorboard': expected a list of console, jsonl, wandb",
+        ),
     ],
 )
 def test_bad_values_are_one_line_naming_the_key(override: str, message: str):

@@ -30,6 +30,21 @@ class WorkerFailed(RuntimeError):
         return f"worker rank {self.rank} failed (exit code {self.exitcode}){last}"
 
 
+@dataclass(frozen=True)
+class Interrupted(RuntimeError):
+    """The launcher was signalled; the agent passed the signal on to the workers and waited
+    for them (30 s grace) before returning."""
+
+    signum: int
+
+    def __str__(self) -> str:
+        return f"interrupted by signal {self.signum}; the workers got the same signal"
+
+
+# The agent forwards these to the workers; SIGUSR1 is the cluster's "checkpoint and requeue".
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
 def launch_config(nproc: int, *, run_id: str | None = None, max_restarts: int = 0) -> Any:
     """The `LaunchConfig` of a single-node job that rendezvous on loopback (port chosen free)."""
     from torch.distributed.launcher.api import LaunchConfig
@@ -46,6 +61,7 @@ def launch_config(nproc: int, *, run_id: str | None = None, max_restarts: int = 
         max_restarts=max_restarts,
         monitor_interval=0.1,
         start_method="spawn",
+        signals_to_handle=FORWARDED_SIGNALS,
     )
 
 
@@ -61,6 +77,7 @@ def launch(
 
     ``fn`` must be importable by name (workers are spawned, not forked).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -73,6 +90,8 @@ def launch(
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
         raise _first_failure(e) from None
+    except SignalException as e:
+        raise Interrupted(int(e.sigval)) from None
     finally:
         quiet.setLevel(level)
 

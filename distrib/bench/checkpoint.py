@@ -1,0 +1,96 @@
+"""How long a checkpoint blocks training: async vs sync save, and sync save vs a bare torch.save.
+
+    python -m distrib.bench checkpoint [--mb 100] [--repeats 5]
+
+Our sync save fsyncs (the file, then the directory after the rename) and hashes what it
+writes; a bare ``torch.save`` returns once the bytes are in the page cache, so the benchmark
+also times ``torch.save`` + ``fsync`` -- the floor for a save that survives a power cut.
+
+The state is a model-like dict of float32 tensors of about ``--mb`` MB plus an optimizer-like
+copy; each variant is timed ``--repeats`` times on the same state, alternating, and the median
+is reported. "Blocked" is the time ``save()`` takes to return: for async that is the copy to
+CPU memory; the background write is waited for (untimed) before the next round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from distrib.checkpoint import Checkpointer
+
+
+def make_state(mb: float) -> dict:
+    n = int(mb * 2**20 / 4 / 8)  # 8 tensors of float32
+    g = torch.Generator().manual_seed(0)
+    return {"model": {f"layer{i}.weight": torch.randn(n, generator=g) for i in range(8)}, "step": 1}
+
+
+def _save_fsync(state: dict, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run(mb: float, repeats: int) -> dict[str, float]:
+    state = make_state(mb)
+    size = sum(t.numel() * 4 for t in state["model"].values()) / 2**20
+    times: dict[str, list[float]] = {
+        "bare": [],
+        "bare_fsync": [],
+        "sync": [],
+        "async_blocked": [],
+        "async_total": [],
+    }
+    with tempfile.TemporaryDirectory(dir=".") as d:
+        root = Path(d)
+        sync = Checkpointer(root / "sync", keep_last=1)
+        asyn = Checkpointer(root / "async", keep_last=1, async_save=True)
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            torch.save(state, root / "bare.pt")
+            times["bare"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _save_fsync(state, root / "bare_fsync.pt")
+            times["bare_fsync"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            sync.save(state, step=r, epoch=0)
+            times["sync"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            asyn.save(state, step=r, epoch=0)
+            times["async_blocked"].append(time.perf_counter() - t0)
+            asyn.wait()
+            times["async_total"].append(time.perf_counter() - t0)
+        asyn.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"checkpoint benchmark: state {size:.0f} MB, median of {repeats} (same machine, same run)"
+    )
+    print(f"  bare torch.save            {med['bare'] * 1e3:8.1f} ms   (page cache only)")
+    print(f"  bare torch.save + fsync    {med['bare_fsync'] * 1e3:8.1f} ms   (on disk)")
+    print(f"  distrib sync save          {med['sync'] * 1e3:8.1f} ms   (fsync + sha256 + manifest)")
+    print(
+        f"  distrib async, blocked     {med['async_blocked'] * 1e3:8.1f} ms   (copy to CPU memory)"
+    )
+    print(f"  distrib async, until done  {med['async_total'] * 1e3:8.1f} ms")
+    print(
+        f"  async blocked / sync     = {med['async_blocked'] / med['sync']:.3f}   (target < 0.20)"
+    )
+    print(f"  sync / bare torch.save   = {med['sync'] / med['bare']:.3f}   (target <= 1.2)")
+    print(f"  sync / (bare + fsync)    = {med['sync'] / med['bare_fsync']:.3f}")
+    return med
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m distrib.bench checkpoint")
+    p.add_argument("--mb", type=float, default=100.0, help="size of the model state in MB")
+    p.add_argument("--repeats", type=int, default=5)
+    ns = p.parse_args(argv)
+    run(ns.mb, ns.repeats)

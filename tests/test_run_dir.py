@@ -1,0 +1,109 @@
+"""The run directory end to end: JSONL and wandb agree, resume continues both, no secrets, and
+piped output is plain (the metrics issue)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+from wandb_reader import read_history, read_run
+
+PY = sys.executable
+SENTINEL = "sk-distrib-sentinel-0123456789abcdef"
+RUN = [
+    "model=mlp",
+    "data=synthetic",
+    "data.size=1024",
+    "model.in_features=64",
+    "trainer.global_batch_size=64",
+    "trainer.log_every=3",
+    "trainer.epochs=2",
+    "logger=[console,jsonl,wandb]",
+]
+
+
+def train(run_dir: Path, *extra: str, nproc: int = 2) -> tuple[str, str]:
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": SENTINEL, "WANDB_SILENT": "true"}
+    res = run_cli(
+        PY,
+        "-m",
+        "distrib.train",
+        *RUN,
+        f"launcher.nproc={nproc}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+        cwd=run_dir.parent,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout, res.stderr
+
+
+def jsonl(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def wandb_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-worker job stopped at step 5, then resumed to the end, with a sentinel API key."""
+    run_dir = tmp_path_factory.mktemp("job") / "run"
+    first = train(run_dir, "trainer.max_steps=5")
+    after_first = {
+        "rows": jsonl(run_dir),
+        "wandb": wandb_files(run_dir),
+        "id": (run_dir / "wandb_run_id").read_text().strip(),
+    }
+    second = train(run_dir)
+    return {"dir": run_dir, "first": first, "second": second, "after_first": after_first}
+
+
+@pytest.mark.slow
+def test_one_wandb_run_whose_history_equals_the_jsonl(two_runs: dict):
+    run_dir, first = two_runs["dir"], two_runs["after_first"]
+    assert len(first["wandb"]) == 1  # one run for the 2-worker job, created on rank 0 only
+    history = {row["_step"]: row for row in read_history(first["wandb"][0])}
+    rows = first["rows"]
+    assert [r["step"] for r in rows if "loss" in r] == [3, 5]
+    for row in rows:
+        logged = history[row["step"]]  # wandb's own _step is our step
+        for key, value in row.items() - {("step", row["step"])}:
+            assert logged[key] == pytest.approx(value, rel=1e-12), key
+    assert read_run(first["wandb"][0]).run_id == first["id"]
+    assert (run_dir / "wandb_run_id").exists()
+
+
+@pytest.mark.slow
+def test_resumed_job_appends_to_the_same_jsonl_and_wandb_run(two_runs: dict):
+    run_dir, first = two_runs["dir"], two_runs["after_first"]
+    rows = jsonl(run_dir)
+    assert rows[: len(first["rows"])] == first["rows"]  # appended, nothing rewritten
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps[:2] == [3, 5] and steps[-1] == 2 * 12 and steps[2] > 5  # 12 steps per epoch
+    assert (run_dir / "wandb_run_id").read_text().strip() == first["id"]
+    ids = {read_run(f).run_id for f in wandb_files(run_dir)}
+    assert ids == {first["id"]}
+    assert "resumed from" in two_runs["second"][0]
+
+
+@pytest.mark.slow
+def test_the_api_key_is_in_no_file_and_no_log_line(two_runs: dict):
+    for out, err in (two_runs["first"], two_runs["second"]):
+        assert SENTINEL not in out and SENTINEL not in err
+    files = [p for p in two_runs["dir"].rglob("*") if p.is_file()]
+    assert any(p.suffix == ".pt" for p in files) and any(p.suffix == ".wandb" for p in files)
+    for path in files:
+        assert SENTINEL.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_piped_output_is_plain_lines(two_runs: dict):
+    out = two_runs["second"][0]
+    assert "\r" not in out and "\x1b" not in out
+    assert any(line.startswith("step 24/24") for line in out.splitlines())
