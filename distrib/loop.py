@@ -195,7 +195,7 @@ def _resume(run: _Run, resume: str) -> None:
     log.info(
         "resumed from %s: epoch %d, step %d, %d samples into the epoch (written by %d worker(s))",
         path,
-        run.state.epoch + 1,
+        run.state.epoch,
         run.state.step,
         run.state.consumed,
         data["world_size"],
@@ -224,8 +224,9 @@ def _train(
         row = {"epoch": run.state.epoch, "step": run.state.step, **result}
         run.state.history.append(row)
         log_all(run.loggers, {k: float(v) for k, v in row.items()}, run.state.step)
-        log.info(
-            "epoch %d/%d  step %d  eval_loss %.4f  eval_acc %.4f",
+        log.info(  # epochs count from 0, as in the metric rows
+            "epoch %d done (%d of %d)  step %d  eval_loss %.4f  eval_acc %.4f",
+            run.state.epoch,
             run.state.epoch + 1,
             t.epochs,
             run.state.step,
@@ -250,6 +251,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
     """Train from the state's position to the end of the epoch; True when preempted."""
     t, ctx, state = run.cfg.trainer, run.ctx, run.state
     dl.sampler.set_position(state.epoch, state.consumed)  # type: ignore[attr-defined]
+    if t.num_workers > 0:  # never fork loader workers while the checkpoint writer holds locks
+        run.ckpt.wait()
     run.model.train()
     n_micro = len(dl)
     metrics, timer = Metrics(), StepTimer(ctx.device)

@@ -100,3 +100,19 @@ def run_cli(
         cwd=cwd or ROOT,
         stdin=subprocess.DEVNULL,
     )
+
+
+def train_cli(
+    run_dir: Path, *overrides: str, nproc: int = 2, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m distrib.train`` on ``nproc`` local workers into ``run_dir`` (for resumes)."""
+    return run_cli(
+        sys.executable,
+        "-m",
+        "distrib.train",
+        f"launcher.nproc={nproc}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+        cwd=run_dir.parent,
+        env=env,
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, train_cli
 
 from distrib.data import ShardedSampler
 
@@ -31,16 +31,7 @@ RUN = [
 def train(
     run_dir: Path, *extra: str, nproc: int = 2, check: bool = True
 ) -> subprocess.CompletedProcess:
-    res = run_cli(
-        PY,
-        "-m",
-        "distrib.train",
-        *RUN,
-        f"launcher.nproc={nproc}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-        cwd=run_dir.parent,
-    )
+    res = train_cli(run_dir, *RUN, *extra, nproc=nproc)
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res

@@ -4,14 +4,12 @@ piped output is plain (the metrics issue)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import train_cli
 from wandb_reader import read_history, read_run
 
-PY = sys.executable
 SENTINEL = "sk-distrib-sentinel-0123456789abcdef"
 RUN = [
     "model=mlp",
@@ -27,17 +25,7 @@ RUN = [
 
 def train(run_dir: Path, *extra: str, nproc: int = 2) -> tuple[str, str]:
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": SENTINEL, "WANDB_SILENT": "true"}
-    res = run_cli(
-        PY,
-        "-m",
-        "distrib.train",
-        *RUN,
-        f"launcher.nproc={nproc}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-        cwd=run_dir.parent,
-        env=env,
-    )
+    res = train_cli(run_dir, *RUN, *extra, nproc=nproc, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout, res.stderr
 
