@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 import pytest
 
@@ -12,7 +14,7 @@ def test_launch_config_is_single_node_on_loopback():
     cfg = launch_config(3, run_id="r1", max_restarts=2)
     assert (cfg.min_nodes, cfg.max_nodes, cfg.nproc_per_node) == (1, 1, 3)
     assert cfg.rdzv_endpoint == f"{LOOPBACK}:0" and cfg.local_addr == LOOPBACK
-    assert cfg.rdzv_backend == "c10d" and cfg.start_method == "spawn"
+    assert cfg.rdzv_backend == "distrib-loopback" and cfg.start_method == "spawn"
     assert (cfg.run_id, cfg.max_restarts) == ("r1", 2)
     assert launch_config(1).run_id != launch_config(1).run_id
 
@@ -43,3 +45,42 @@ def test_launch_cli_rejects_bad_nproc(capsys: pytest.CaptureFixture[str]):
         launch_main(["--nproc", "0", "x.py"])
     assert info.value.code == 2
     assert "--nproc=0: expected an integer >= 1" in capsys.readouterr().err
+
+
+def _listening(pid: int) -> list[str]:
+    """Addresses the sockets of ``pid`` listen on, read from /proc (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                    addr = cols[1].split(":")[0]
+                    if len(addr) == 8:
+                        out.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+                    else:
+                        out.append("ipv6:" + addr)
+    return out
+
+
+def report_listening() -> dict[str, list[str]]:
+    import distrib
+
+    distrib.init()
+    distrib.barrier()  # the group is up: every store and gloo socket exists now
+    return {"agent": _listening(os.getppid()), "worker": _listening(os.getpid())}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux /proc")
+def test_rendezvous_stores_and_workers_listen_on_loopback_only():
+    results = launch(report_listening, nproc=2)
+    agent = results[0]["agent"]
+    assert len(agent) >= 2  # the rendezvous store and the workers' bootstrap store
+    assert set(agent) == {LOOPBACK}
+    assert all(set(r["worker"]) <= {LOOPBACK} for r in results.values())

@@ -49,14 +49,15 @@ def launch_config(nproc: int, *, run_id: str | None = None, max_restarts: int = 
     """The `LaunchConfig` of a single-node job that rendezvous on loopback (port chosen free)."""
     from torch.distributed.launcher.api import LaunchConfig
 
+    from distrib.launch.loopback import register
+
     return LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
         run_id=run_id or f"local-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
+        rdzv_backend=register(),  # c10d, with its stores listening on loopback only
         rdzv_endpoint=f"{LOOPBACK}:0",
-        rdzv_configs={"is_host": True},
         local_addr=LOOPBACK,
         max_restarts=max_restarts,
         monitor_interval=0.1,
