@@ -87,7 +87,33 @@ def preflight(
     check_targets(cfg)
     world = read_env().world_size if is_worker() else cfg.launcher.nproc
     per_rank_batch(cfg.trainer.global_batch_size, world, cfg.trainer.grad_accum)
+    if cfg.trainer.resume not in ("auto", "never"):
+        check_resume_file(Path(cfg.trainer.resume))
     return cfg
+
+
+def check_resume_file(path: Path) -> None:
+    """An explicit ``trainer.resume`` file must verify and open with ``weights_only=True``.
+
+    Checked in the parent so a bad file is one line, not a traceback from every worker; the
+    load is memory-mapped, so even a large checkpoint costs little here.
+    """
+    import torch
+
+    from distrib.checkpoint import CheckpointError
+    from distrib.checkpoint.files import read_manifest, verify
+    from distrib.config import ConfigError
+
+    try:
+        entry = read_manifest(path.parent).get(path.name)
+        if entry is not None:
+            verify(path, entry)
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError as e:
+        raise ConfigError("trainer.resume", message=f"trainer.resume: {e}") from None
+    except Exception as e:  # not a torch zip file, or refused by weights_only
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("trainer.resume", message=f"trainer.resume: {path}: {reason}") from None
 
 
 def _task(cfg: Any) -> Any:

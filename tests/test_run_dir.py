@@ -4,10 +4,11 @@ piped output is plain (the metrics issue)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import train_cli
+from helpers import run_cli, train_cli
 from wandb_reader import read_history, read_run
 
 SENTINEL = "sk-distrib-sentinel-0123456789abcdef"
@@ -95,3 +96,27 @@ def test_piped_output_is_plain_lines(two_runs: dict):
     out = two_runs["second"][0]
     assert "\r" not in out and "\x1b" not in out
     assert any(line.startswith("step 24/24") for line in out.splitlines())
+
+
+@pytest.mark.slow
+def test_a_hydra_sweep_groups_its_wandb_runs(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(
+        sys.executable,
+        "-m",
+        "distrib.train",
+        "-m",
+        "optim.lr=0.001,0.003",
+        *RUN[:5],
+        "trainer.epochs=1",
+        "logger=[jsonl,wandb]",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = [read_run(f) for f in sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))]
+    assert len(runs) == 2
+    assert runs[0].run_group == runs[1].run_group == sweep.as_posix().strip("/").replace("/", "-")
+    assert runs[0].run_id != runs[1].run_id
+    assert all((sweep / str(i) / "metrics.jsonl").exists() for i in (0, 1))

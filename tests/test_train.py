@@ -107,3 +107,28 @@ def test_own_script_example(launcher: str, tmp_path: Path):
     assert res.stdout.count("2 workers)") == 2  # two epochs, printed once (rank 0)
     assert "test accuracy" in res.stdout
     assert os.listdir(tmp_path) == []  # the example writes nothing
+
+
+def test_a_bad_resume_file_is_one_line_before_starting(tmp_path: Path):
+    import torch
+
+    import distrib
+    from distrib.checkpoint import Checkpointer
+    from distrib.train import preflight
+
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save({"model": {"w": torch.ones(1000)}}, step=1, epoch=0)
+    good = tmp_path / "checkpoints" / "step-00000001.pt"
+    preflight([f"trainer.resume={good}"])  # verifies and opens
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    good.write_bytes(bytes(data))
+    with pytest.raises(
+        distrib.ConfigError, match=r"^trainer.resume: .*step-00000001.pt: sha256 mismatch"
+    ):
+        preflight([f"trainer.resume={good}"])
+    loose = tmp_path / "loose.pt"
+    loose.write_bytes(b"not a checkpoint")
+    with pytest.raises(distrib.ConfigError, match=r"^trainer.resume: .*loose.pt: ") as info:
+        preflight([f"trainer.resume={loose}"])
+    assert "\n" not in str(info.value)
