@@ -36,9 +36,10 @@ def main() -> None:
     args = _parse_args(sys.argv[1:])
     if not any(getattr(args, name, None) for name in _NO_PREFLIGHT):
         try:
+            extra = [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
             preflight(
-                args.overrides,
-                config_dir=args.config_dir or args.config_path,
+                args.overrides + (extra if args.config_dir else []),
+                config_dir=args.config_path,
                 config_name=args.config_name or "config",
             )
         except config.ConfigError as e:

@@ -132,3 +132,38 @@ def test_a_bad_resume_file_is_one_line_before_starting(tmp_path: Path):
     with pytest.raises(distrib.ConfigError, match=r"^trainer.resume: .*loose.pt: ") as info:
         preflight([f"trainer.resume={loose}"])
     assert "\n" not in str(info.value)
+
+
+def test_users_add_their_own_config_groups_with_config_dir(tmp_path: Path):
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "tiny.yaml").write_text(
+        "_target_: distrib.models.MLP\nin_features: 64\nhidden: 8\n"
+    )
+    bad = run_cli(
+        PY,
+        "-m",
+        "distrib.train",
+        "--config-dir",
+        "mine",
+        "model=tiny",
+        "model.hidden=abc",
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        == "distrib: error: model.hidden='abc': expected int (distrib.models.MLP)"
+    )
+    ok = run_cli(
+        PY,
+        "-m",
+        "distrib.train",
+        "--config-dir",
+        "mine",
+        "model=tiny",
+        "trainer.max_steps=2",
+        "trainer.log_every=1",
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "step 2/2" in ok.stdout
