@@ -36,9 +36,11 @@ def main() -> None:
     args = _parse_args(sys.argv[1:])
     if not any(getattr(args, name, None) for name in _NO_PREFLIGHT):
         try:
-            extra = [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
+            extra = []  # --config-dir adds a search path (the user's own groups)
+            if args.config_dir:
+                extra = [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
             preflight(
-                args.overrides + (extra if args.config_dir else []),
+                args.overrides + extra,
                 config_dir=args.config_path,
                 config_name=args.config_name or "config",
             )
