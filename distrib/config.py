@@ -336,7 +336,9 @@ def _accepted_types(annotation: Any) -> tuple[type, ...]:
         return (annotation,)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if members and all(a in simple or a is __import__("torch").Tensor for a in members):
+        import torch  # an lr may be a float or a Tensor: both accept a float value
+
+        if members and all(a in simple or a is torch.Tensor for a in members):
             return tuple(a for a in members if a in simple)
     return ()
 

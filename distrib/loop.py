@@ -295,7 +295,13 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             log_all(run.loggers, row, state.step)
         if preemption.should_stop(flag, ctx):
             return True
-        if t.checkpoint.every_steps and state.step % t.checkpoint.every_steps == 0 and not end:
+        # At an epoch's end a save follows anyway when every_epoch is on, or training is done.
+        save_follows = end and (t.checkpoint.every_epoch or _done(state, t.max_steps))
+        if (
+            t.checkpoint.every_steps
+            and state.step % t.checkpoint.every_steps == 0
+            and not save_follows
+        ):
             run.save()
         if _done(state, t.max_steps):
             break

@@ -66,3 +66,19 @@ def test_max_steps_stops_early_and_training_learns():
     losses = _losses(res)
     assert len(losses) == 30
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def _fit_into(values: dict, run_dir: str) -> dict:
+    from pathlib import Path
+
+    return fit(to_config(values), Path(run_dir))
+
+
+def test_every_steps_checkpoints_land_on_epoch_ends_too(tmp_path):
+    # 25 steps per epoch: step 25 ends epoch 0; without every_epoch only every_steps saves it.
+    ckpt = {"every_steps": 25, "every_epoch": False, "keep_last": 5}
+    spawn(
+        _fit_into, small_run(epochs=2, checkpoint=ckpt, log_every=100), str(tmp_path), world_size=1
+    )
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))
+    assert names == ["step-00000025.pt", "step-00000050.pt"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -41,8 +43,8 @@ def test_cuda_device_follows_local_rank():
 
 
 def test_threads_split_cores():
-    cores = threads_per_worker(1)
-    assert cores >= 1
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_worker(1) == cores
     assert threads_per_worker(2) == max(1, cores // 2)
     assert threads_per_worker(10**6) == 1
 

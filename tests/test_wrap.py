@@ -70,11 +70,8 @@ def _accumulation(accum: int) -> dict:
     x, y = torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
     mine = slice(4 * ctx.rank, 4 * ctx.rank + 4)
     xs, ys = x[mine].chunk(accum), y[mine].chunk(accum)
-    calls = []
-    hook = model.register_comm_hook(
-        None, lambda state, bucket: (calls.append(1), _allreduce(bucket))[1]
-    )
-    del hook
+    calls = []  # one entry per gradient all-reduce DDP issues
+    model.register_comm_hook(None, lambda state, bucket: (calls.append(1), _allreduce(bucket))[1])
     for i in range(accum):
         with distrib.accumulate(model, sync=i == accum - 1):
             (F.cross_entropy(model(xs[i]), ys[i]) / accum).backward()
