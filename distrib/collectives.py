@@ -12,11 +12,32 @@ def reduce_sum(values: torch.Tensor) -> torch.Tensor:
     Pack several numbers into one tensor to pay for one collective::
 
         correct, total = distrib.reduce_sum(torch.tensor([correct, total], dtype=torch.float64))
+
+    The result is on the device ``values`` came from; NCCL reduces only CUDA tensors, so a CPU
+    tensor travels through this worker's GPU and back.
     """
     out = values.detach().clone()
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return out
+    device = _collective_device()
+    if out.device == device:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+        return out
+    moved = out.to(device)
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    return moved.to(values.device)
+
+
+def _collective_device() -> torch.device:
+    """Where this group's backend reduces: this worker's GPU for nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        from distrib.process_group import current
+
+        ctx = current()
+        if ctx.device.type == "cuda":
+            return ctx.device
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:

@@ -78,8 +78,10 @@ class TrainerConfig:
     """auto (cuda:<local_rank> when CUDA is there, else CPU), cpu or cuda."""
     backend: str = "auto"
     """auto (nccl on CUDA, gloo on CPU), gloo or nccl."""
-    timeout_s: float = 1800.0
-    """Collective and rendezvous timeout: how long a rank waits for a dead peer."""
+    timeout_s: float = 600.0
+    """How long a collective waits for a hung or dead peer before the job fails, naming the
+    rank that never arrived. 10 min covers a slow step or a big synchronous save on rank 0;
+    use 30 while debugging a hang."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     drop_last: bool = True
@@ -146,21 +148,72 @@ class TrainerConfig:
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
 
 
+_LAUNCHER_KEYS = {
+    "--nproc-per-node": "launcher.nproc",
+    "--nnodes": "launcher.nnodes",
+    "--node-rank": "launcher.node_rank",
+    "--rdzv-endpoint": "launcher.rdzv_endpoint",
+    "--rdzv-timeout": "launcher.rdzv_timeout_s",
+    "--max-restarts": "launcher.max_restarts",
+}
+
+
 @dataclass(kw_only=True)
 class LauncherConfig:
     """How workers are started (``launcher.*``); ignored inside a torchrun or SLURM worker."""
 
     name: str = "local"
-    """local: torch's elastic launcher on this machine."""
+    """local: torch's elastic launcher on this node (each node of a job runs the command)."""
     nproc: int = 1
-    """Workers on this machine; 1 trains in this process."""
+    """Workers on this node (one per GPU); 1 on one node without restarts trains in place."""
     max_restarts: int = 0
-    """Times the elastic agent restarts the whole worker group after a failure."""
+    """Times the elastic agent restarts the whole worker group after a failure; the restarted
+    workers resume from the newest good checkpoint of the run directory."""
+    nnodes: int = 1
+    """Nodes in the job (torchrun's --nnodes); every node runs the same command."""
+    node_rank: int | None = None
+    """This node's rank for a static rendezvous (--node-rank); null: c10d assigns ranks."""
+    rdzv_endpoint: str = ""
+    """host:port of the rendezvous on node 0 (--rdzv-endpoint); required when nnodes > 1."""
+    rdzv_id: str | None = None
+    """The job's id on every node (--rdzv-id); also names the run directory outputs/<id>."""
+    rdzv_timeout_s: int = 300
+    """Seconds a node waits for the others to join."""
+    local_addr: str = ""
+    """This node's address as the other nodes reach it (--local-addr)."""
+    ifname: str = ""
+    """Network interface for gloo/NCCL sockets (sets GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME)."""
 
     def __post_init__(self) -> None:
         check(self.name in LAUNCHERS, "launcher.name", self.name, " or ".join(LAUNCHERS))
         check(self.nproc >= 1, "launcher.nproc", self.nproc, "an integer >= 1")
         check(self.max_restarts >= 0, "launcher.max_restarts", self.max_restarts, "an integer >= 0")
+        try:
+            self.topology()
+        except ConfigError as e:  # name the config key, not the command-line option
+            key = _LAUNCHER_KEYS.get(e.key, e.key)
+            raise ConfigError(key, e.value, e.allowed) from None
+
+    @property
+    def in_place(self) -> bool:
+        """One worker on one node, nothing to restart: train in this process, no agent."""
+        return self.nproc == 1 and self.nnodes == 1 and self.max_restarts == 0
+
+    def topology(self) -> Any:
+        """The launch side's `Topology` of these settings."""
+        from distrib.launch.topology import Topology
+
+        return Topology(
+            nproc_per_node=self.nproc,
+            nnodes=self.nnodes,
+            node_rank=self.node_rank,
+            rdzv_endpoint=self.rdzv_endpoint,
+            rdzv_id=self.rdzv_id or "",
+            rdzv_timeout_s=self.rdzv_timeout_s,
+            local_addr=self.local_addr,
+            ifname=self.ifname,
+            max_restarts=self.max_restarts,
+        )
 
 
 @dataclass(kw_only=True)
@@ -186,13 +239,20 @@ class Config:
             check(name in LOGGERS, "logger", name, "a list of " + ", ".join(LOGGERS))
 
 
-def run_id(environ: typing.Mapping[str, str] | None = None) -> str:
+def run_id(environ: typing.Mapping[str, str] | None = None, *, rdzv_id: str | None = None) -> str:
     """The run directory's name, equal on every worker of one job without them talking.
 
-    torchrun workers share ``TORCHELASTIC_RUN_ID`` (``--rdzv_id``: reuse it to resume), SLURM
-    tasks their job id (stable across requeues); a lone process takes the time.
+    ``DISTRIB_RUN_ID`` wins (set it to rerun a job into its directory and resume, whatever
+    launched it); then the launcher's ``rdzv_id`` (multi-node jobs: equal on every node);
+    torchrun workers share ``TORCHELASTIC_RUN_ID`` (``--rdzv-id``; ``--standalone`` makes a
+    random one, so pass ``DISTRIB_RUN_ID`` or ``hydra.run.dir`` to resume), SLURM tasks their
+    job id (stable across requeues); a lone process takes the time.
     """
     environ = os.environ if environ is None else environ
+    if environ.get("DISTRIB_RUN_ID"):
+        return environ["DISTRIB_RUN_ID"]
+    if rdzv_id and rdzv_id not in ("None", "null"):
+        return rdzv_id
     rdzv = environ.get("TORCHELASTIC_RUN_ID", "none")
     if "RANK" in environ and rdzv not in ("", "none"):
         return f"torchrun-{rdzv}"
@@ -209,7 +269,9 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="distrib_schema", node=Config)
-    OmegaConf.register_new_resolver("distrib_run_id", lambda: run_id(), replace=True)
+    OmegaConf.register_new_resolver(
+        "distrib_run_id", lambda rdzv_id=None: run_id(rdzv_id=rdzv_id), replace=True
+    )
 
 
 def to_config(cfg: DictConfig | dict) -> Config:

@@ -35,6 +35,8 @@ class Context:
     env: WorkerEnv
     device: torch.device
     backend: str
+    timeout_s: float = 600.0
+    """How long a collective waits for the slowest rank (`DEFAULT_TIMEOUT_S`)."""
 
     @property
     def rank(self) -> int:
@@ -55,6 +57,16 @@ class Context:
 
 _current: Context | None = None
 _BARRIER_TIMEOUT_S = 60.0
+DEFAULT_TIMEOUT_S = 600.0
+"""How long a rank waits in a collective for a peer before the job fails. torch's 30 minutes
+means a hung job sits for half an hour; 10 minutes still covers a slow first step, a large
+synchronous checkpoint or an evaluation on rank 0 while the others wait. Set
+``trainer.timeout_s=30`` (or ``init(timeout_s=30)``) while debugging a hang."""
+_TIMEOUT_WORDS = ("Timed out", "timed out", "Timeout", "timeout")
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited ``timeout_s`` for peers that never arrived; names them."""
 
 
 def current() -> Context:
@@ -87,6 +99,27 @@ def pick_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def check_devices(device: str, backend: str, local_workers: int) -> None:
+    """One GPU per worker, checked before any worker starts: more workers on a node than
+    visible GPUs would end in NCCL's "Duplicate GPU detected" abort after startup."""
+    cuda = torch.cuda.is_available()
+    if backend == "nccl" and (device == "cpu" or not cuda):
+        where = "trainer.device=cpu" if device == "cpu" else "no CUDA device is visible here"
+        raise ConfigError("trainer.backend", backend, f"gloo or auto ({where}; nccl needs CUDA)")
+    if device == "cpu" or not cuda:
+        return
+    count = torch.cuda.device_count()
+    if local_workers > count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        raise ConfigError(
+            "launcher.nproc",
+            message=f"launcher.nproc={local_workers}: one GPU per worker, but {count} GPU(s) "
+            f"visible{shown}; use launcher.nproc<={count}, trainer.device=cpu, or make more "
+            "GPUs visible with CUDA_VISIBLE_DEVICES",
+        )
+
+
 def threads_per_worker(local_world_size: int) -> int:
     """Cores / local workers, at least one: more threads than cores makes workers fight."""
     try:
@@ -100,7 +133,7 @@ def init(
     *,
     device: str = "auto",
     backend: str = "auto",
-    timeout_s: float = 1800.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     threads: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Context:
@@ -134,7 +167,7 @@ def init(
             device_id=dev if dev.type == "cuda" else None,
         )
         log.debug("rank %d/%d joined %s group", env.rank, env.world_size, backend)
-    _current = Context(env=env, device=dev, backend=backend)
+    _current = Context(env=env, device=dev, backend=backend, timeout_s=timeout_s)
     atexit.register(_shutdown_at_exit)
     return _current
 
@@ -176,7 +209,56 @@ def session(**kwargs: object) -> Iterator[Context]:
     except SystemExit:  # a coordinated exit (every rank agreed to stop, e.g. preemption)
         shutdown()
         raise
-    except BaseException:
+    except BaseException as e:
+        timed_out = _is_timeout(e) and ctx.is_distributed
+        message = _diagnose_timeout(ctx) if timed_out else ""
         shutdown(barrier=False)
+        if message:
+            raise CollectiveTimeout(message) from e
         raise
     shutdown()
+
+
+def _is_timeout(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (TimeoutError, CollectiveTimeout)) or (
+            isinstance(seen, RuntimeError) and any(w in str(seen) for w in _TIMEOUT_WORDS)
+        ):
+            return not isinstance(seen, CollectiveTimeout)
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _diagnose_timeout(ctx: Context, window_s: float = 3.0) -> str:
+    """Which ranks never reached the collective this rank gave up on.
+
+    A timed-out gloo group is unusable (even ``monitored_barrier`` fails on its closed pairs),
+    so the ranks compare notes through the job's store instead: every rank that timed out
+    leaves a mark; the ranks still without one after ``window_s`` were elsewhere -- hung in
+    user code, or stuck in another collective. Costs nothing until a timeout happens.
+    """
+    import time
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"distrib/timed_out/{ctx.rank}", "1")
+        keys = [f"distrib/timed_out/{r}" for r in range(ctx.world_size)]
+        deadline = time.monotonic() + window_s
+        absent = list(range(ctx.world_size))
+        while absent and time.monotonic() < deadline:
+            absent = [r for r, k in enumerate(keys) if not store.check([k])]
+            time.sleep(0.2)
+    except Exception as e:  # the store is gone too: say what we know
+        log.debug("timeout diagnosis failed: %s", e)
+        absent = []
+    who = (
+        f"rank(s) {', '.join(map(str, absent))} never arrived (hung, or stuck outside the "
+        "collective: see their logs)"
+        if absent
+        else "every rank timed out waiting (a network problem, or ranks in different collectives)"
+    )
+    return (
+        f"a collective timed out on rank {ctx.rank} after {ctx.timeout_s:g} s: {who}; "
+        "the timeout is trainer.timeout_s (init(timeout_s=...))"
+    )

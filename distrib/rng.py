@@ -33,8 +33,10 @@ def get_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This worker's own GPU only: with one GPU per worker, restoring every visible GPU's
+        # state from one rank would overwrite the streams of devices other ranks own.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -51,8 +53,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # format 1 saved every visible GPU's state
+            index = torch.cuda.current_device()
+            if index >= len(cuda):
+                return
+            cuda = cuda[index]
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
 def _python_state_to_tensor(state: tuple) -> dict[str, Any]:

@@ -12,7 +12,6 @@ when this process already is a worker (torchrun, SLURM), trains in place (``dist
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,11 +84,15 @@ def preflight(
     from distrib.config import check_targets, to_config
     from distrib.data import per_rank_batch
     from distrib.env import is_worker, read_env
+    from distrib.process_group import check_devices
 
     cfg = to_config(compose(overrides, config_dir=config_dir, config_name=config_name))
     check_targets(cfg)
-    world = read_env().world_size if is_worker() else cfg.launcher.nproc
+    env = read_env() if is_worker() else None
+    world = env.world_size if env else cfg.launcher.nproc * cfg.launcher.nnodes
     per_rank_batch(cfg.trainer.global_batch_size, world, cfg.trainer.grad_accum)
+    local = env.local_world_size if env else cfg.launcher.nproc
+    check_devices(cfg.trainer.device, cfg.trainer.backend, local)
     if cfg.trainer.resume not in ("auto", "never"):
         check_resume_file(Path(cfg.trainer.resume))
     return cfg
@@ -146,30 +149,31 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
     from distrib.env import is_worker
     from distrib.loop import fit, worker_entry
 
-    if is_worker() or cfg.launcher.nproc == 1:
+    if is_worker() or cfg.launcher.in_place:
         return fit(cfg, run_dir, group=group)
+    from distrib.launch.agent import RendezvousFailed
     from distrib.launch.local import Interrupted, WorkerFailed, launch
     from distrib.preemption import REQUEUE_EXIT_CODE
 
+    topology = cfg.launcher.topology()
     try:
-        results = launch(
-            worker_entry,
-            (values, str(run_dir), group),
-            nproc=cfg.launcher.nproc,
-            max_restarts=cfg.launcher.max_restarts,
-        )
+        results = launch(worker_entry, (values, str(run_dir), group), topology=topology)
     except WorkerFailed as e:
-        if e.exitcode == REQUEUE_EXIT_CODE:  # a worker was preempted and checkpointed
+        if e.exitcode == REQUEUE_EXIT_CODE:  # the workers agreed to stop and checkpointed
             sys.exit(REQUEUE_EXIT_CODE)
-        print(e.traceback.rstrip(), file=sys.stderr)
+        if e.traceback.strip():
+            print(e.traceback.rstrip(), file=sys.stderr)
         print(f"distrib: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except RendezvousFailed as e:
+        print(f"distrib: error: {e} (launcher.rdzv_endpoint)", file=sys.stderr)
+        sys.exit(1)
     except Interrupted as e:
-        # SIGTERM/SIGUSR1 reached the workers too: they saved and exited for a requeue.
-        preempt = e.signum in (signal.SIGTERM, signal.SIGUSR1)
+        # The signal reached the workers too. 75 only when they wrote a checkpoint and exited
+        # with 75 ("requeue me"); otherwise 128 + the signal, as a killed process.
         print(f"distrib: {e}", file=sys.stderr)
-        sys.exit(REQUEUE_EXIT_CODE if preempt else 128 + e.signum)
-    return results[0]
+        sys.exit(REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum)
+    return results[min(results)]
 
 
 def _hydra_main() -> None:

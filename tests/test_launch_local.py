@@ -7,16 +7,11 @@ import socket
 import pytest
 
 from distrib.launch.__main__ import main as launch_main
-from distrib.launch.local import LOOPBACK, WorkerFailed, launch, launch_config
+from distrib.launch.local import LOOPBACK, Topology, WorkerFailed, launch
 
 
-def test_launch_config_is_single_node_on_loopback():
-    cfg = launch_config(3, run_id="r1", max_restarts=2)
-    assert (cfg.min_nodes, cfg.max_nodes, cfg.nproc_per_node) == (1, 1, 3)
-    assert cfg.rdzv_endpoint == f"{LOOPBACK}:0" and cfg.local_addr == LOOPBACK
-    assert cfg.rdzv_backend == "distrib-loopback" and cfg.start_method == "spawn"
-    assert (cfg.run_id, cfg.max_restarts) == ("r1", 2)
-    assert launch_config(1).run_id != launch_config(1).run_id
+def test_launch_with_a_topology_of_one_node_is_the_same_as_nproc():
+    assert launch(report_rank, topology=Topology(nproc_per_node=2))[1] == ("1", "2", LOOPBACK)
 
 
 def report_rank() -> tuple[str, str, str]:
@@ -44,7 +39,7 @@ def test_launch_cli_rejects_bad_nproc(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as info:
         launch_main(["--nproc", "0", "x.py"])
     assert info.value.code == 2
-    assert "--nproc=0: expected an integer >= 1" in capsys.readouterr().err
+    assert "--nproc-per-node=0: expected an integer >= 1" in capsys.readouterr().err
 
 
 def _listening(pid: int) -> list[str]:

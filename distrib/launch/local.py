@@ -1,109 +1,56 @@
-"""Local launch: N workers on this machine through torch's elastic launcher.
+"""Start this node's workers: a function (the trainer) or a user's script, on one node or many.
 
 The elastic agent is what torchrun runs; using it (not a home-made process manager) gives the
-same worker environment, failure handling and teardown: when one worker fails, the agent stops
-the others and `launch` raises `WorkerFailed` naming the rank, with its traceback.
+same worker environment, rendezvous, restarts and teardown. `Topology` says where the workers
+are (one node on loopback by default); `distrib.launch.agent` runs them and names the rank
+that failed first.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from distrib.launch.agent import Interrupted, WorkerFailed, run
+from distrib.launch.topology import LOOPBACK, Topology, launch_config, worker_env
 
-
-@dataclass(frozen=True)
-class WorkerFailed(RuntimeError):
-    """A worker raised or died; ``rank`` is the first one to fail."""
-
-    rank: int
-    exitcode: int
-    traceback: str
-
-    def __str__(self) -> str:
-        lines = [ln for ln in self.traceback.strip().splitlines() if ln.strip()]
-        last = f": {lines[-1].strip()}" if lines else ""
-        return f"worker rank {self.rank} failed (exit code {self.exitcode}){last}"
-
-
-@dataclass(frozen=True)
-class Interrupted(RuntimeError):
-    """The launcher was signalled; the agent passed the signal on to the workers and waited
-    for them (30 s grace) before returning."""
-
-    signum: int
-
-    def __str__(self) -> str:
-        return f"interrupted by signal {self.signum}; the workers got the same signal"
-
-
-# The agent forwards these to the workers; SIGUSR1 is the cluster's "checkpoint and requeue".
-FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-
-
-def launch_config(nproc: int, *, run_id: str | None = None, max_restarts: int = 0) -> Any:
-    """The `LaunchConfig` of a single-node job that rendezvous on loopback (port chosen free)."""
-    from torch.distributed.launcher.api import LaunchConfig
-
-    from distrib.launch.loopback import register
-
-    return LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=run_id or f"local-{uuid.uuid4().hex[:8]}",
-        rdzv_backend=register(),  # c10d, with its stores listening on loopback only
-        rdzv_endpoint=f"{LOOPBACK}:0",
-        local_addr=LOOPBACK,
-        max_restarts=max_restarts,
-        monitor_interval=0.1,
-        start_method="spawn",
-        signals_to_handle=FORWARDED_SIGNALS,
-    )
+__all__ = ["LOOPBACK", "Interrupted", "Topology", "WorkerFailed", "launch", "launch_script"]
 
 
 def launch(
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | str,
     args: tuple = (),
     *,
-    nproc: int,
+    nproc: int | None = None,
+    topology: Topology | None = None,
     run_id: str | None = None,
-    max_restarts: int = 0,
+    max_restarts: int | None = None,
 ) -> dict[int, Any]:
-    """Run ``fn(*args)`` in ``nproc`` workers; return ``{rank: return value}``.
+    """Run ``fn(*args)`` in this node's workers; return ``{rank: return value}``.
 
-    ``fn`` must be importable by name (workers are spawned, not forked).
+    ``fn`` must be importable by name (workers are spawned, not forked). ``nproc`` and
+    ``max_restarts`` are shorthands for a one-node `Topology`.
     """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-
-    config = launch_config(nproc, run_id=run_id, max_restarts=max_restarts)
-    # The agent logs each failed worker's whole traceback; we raise it once, with the rank.
-    quiet = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        return elastic_launch(config, fn)(*args)
-    except ChildFailedError as e:
-        raise _first_failure(e) from None
-    except SignalException as e:
-        raise Interrupted(int(e.sigval)) from None
-    finally:
-        quiet.setLevel(level)
-
-
-def _first_failure(e: Any) -> WorkerFailed:
-    rank, failure = e.get_first_failure()
-    trace = ""
-    data = getattr(failure, "error_file_data", None) or {}
-    message = data.get("message", {}) if isinstance(data, dict) else {}
-    if isinstance(message, dict):
-        trace = message.get("extraInfo", {}).get("py_callstack", "") or message.get("message", "")
-    return WorkerFailed(
-        rank=int(rank), exitcode=int(failure.exitcode), traceback=trace or str(failure.message)
+    topo = topology or Topology(nproc_per_node=nproc or 1, max_restarts=max_restarts or 0)
+    return run(
+        launch_config(topo, run_id=run_id),
+        fn,
+        args,
+        failure_grace_s=topo.failure_grace_s,
+        signal_grace_s=topo.signal_grace_s,
+        extra_env=worker_env(topo),
     )
+
+
+def launch_script(
+    target: str, script_args: list[str], *, module: bool, topology: Topology
+) -> dict[int, Any]:
+    """Run a user's script (or ``-m module``) on every worker, as torchrun would.
+
+    Each worker runs it through `distrib.launch.script`, which records an uncaught exception
+    (with its traceback) where the agent reads it, so the failed rank is reported right even
+    for scripts that never import distrib.
+    """
+    runner = ("-u", "-m", "distrib.launch.script", "-m" if module else "--", target)
+    return launch(sys.executable, (*runner, *script_args), topology=topology)

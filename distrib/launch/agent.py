@@ -1,0 +1,341 @@
+"""Run one node's workers under torch's elastic agent, and report how they ended.
+
+This is torchrun's engine (`LocalElasticAgent` + a rendezvous handler) with four changes torchrun
+users work around by hand:
+
+- a failed job names the rank that failed FIRST, with its traceback: a peer that died of the
+  broken connection afterwards is not the cause, even when its exit was seen in the same second;
+- when a worker fails, the others get ``failure_grace_s`` (a few seconds) between SIGTERM and
+  SIGKILL, not 30 s: a rank hung in a collective or in user code cannot hold the job;
+- a worker that exits with the requeue code (75: "checkpoint written, requeue me") ends the job
+  with 75 instead of being restarted as if it had crashed;
+- when restarts are exhausted the error says so, with the restart count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUEUE_EXIT_CODE = 75  # the worker side's preemption.REQUEUE_EXIT_CODE (no import: other side)
+
+# Words in a worker's error that say it died because a PEER went away, not of its own fault.
+_COLLATERAL = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "pair closure",
+    "Socket closed",
+    "DistNetworkError",
+    "ECONNRESET",
+    "EPIPE",
+)
+
+
+@dataclass(frozen=True)
+class WorkerFailed(RuntimeError):
+    """A worker raised or died; ``rank`` is the first one to fail (its root cause)."""
+
+    rank: int
+    exitcode: int
+    traceback: str
+    restarts: int = 0
+    max_restarts: int = 0
+
+    def __str__(self) -> str:
+        if self.exitcode < 0:
+            try:
+                how = f"was killed by {signal.Signals(-self.exitcode).name}"
+            except ValueError:
+                how = f"was killed by signal {-self.exitcode}"
+        elif self.traceback.strip():
+            how = f"failed (exit code {self.exitcode})"
+        else:
+            how = f"exited with code {self.exitcode} without a Python traceback"
+        lines = [ln for ln in self.traceback.strip().splitlines() if ln.strip()]
+        last = f": {lines[-1].strip()}" if lines and self.exitcode >= 0 else ""
+        tail = ""
+        if self.max_restarts:
+            tail = f" after {self.restarts} of {self.max_restarts} restart(s); no restarts left"
+        return f"worker rank {self.rank} {how}{last}{tail}"
+
+
+class RendezvousFailed(RuntimeError):
+    """The nodes never met: wrong or unreachable endpoint, a node missing, a timeout."""
+
+
+@dataclass(frozen=True)
+class Interrupted(RuntimeError):
+    """The launcher was signalled; the agent passed the signal on to the workers and waited
+    for them (``signal_grace_s``) before returning. ``exit_codes``: how each local worker ended
+    (None: still running when it was killed)."""
+
+    signum: int
+    exit_codes: dict[int, int | None] = field(default_factory=dict)
+
+    @property
+    def requeue(self) -> bool:
+        """Every local worker exited with 75: they agreed to stop and the checkpoint is written."""
+        codes = list(self.exit_codes.values())
+        return bool(codes) and all(c == REQUEUE_EXIT_CODE for c in codes)
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.requeue:
+            return f"{name}: the workers saved a checkpoint and exited for a requeue"
+        return f"interrupted by {name}; the workers got the same signal"
+
+
+def _make_agent_class() -> type:
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    class Agent(LocalElasticAgent):
+        """torch's agent, with the changes listed in the module docstring."""
+
+        def __init__(self, *args: Any, failure_grace_s: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.failure_grace_s = failure_grace_s
+            self.exit_codes: dict[int, int | None] = {}
+            self.ended_first: list[Any] = []  # failures seen before anything was torn down
+
+        @property
+        def restarts_done(self) -> int:
+            return self._worker_group.spec.max_restarts - self._remaining_restarts
+
+        def _start_workers(self, worker_group: Any) -> dict[int, Any]:
+            ids = super()._start_workers(worker_group)
+            self.ended_first = []
+            self._watch_close(self._pcontext)
+            return ids
+
+        def _watch_close(self, pcontext: Any) -> None:
+            """torch's process context tears the other workers down itself, from its poll,
+            as soon as one fails (SIGTERM, 30 s, SIGKILL). Before that teardown, note which
+            workers had ALREADY ended: only those can be the cause; the rest are its victims.
+            And after a failure, a short grace: nobody is saving anything worth waiting for."""
+            close = pcontext.close
+
+            def watched_close(death_sig: Any = None, timeout: int = 30) -> None:
+                if not self.ended_first:
+                    self.ended_first = _failed_so_far(pcontext)
+                if death_sig is None:  # the context's own teardown, not a forwarded signal
+                    timeout = max(1, int(self.failure_grace_s))
+                close(death_sig, timeout)
+
+            pcontext.close = watched_close
+
+        def _monitor_workers(self, worker_group: Any) -> Any:
+            result = super()._monitor_workers(worker_group)
+            codes = [f.exitcode for f in [*result.failures.values(), *self.ended_first]]
+            if result.is_failed() and REQUEUE_EXIT_CODE in codes:
+                self._remaining_restarts = 0  # saved for a requeue: not a crash to retry
+            return result
+
+        def _stop_workers(self, worker_group: Any) -> None:
+            self._shutdown(timeout=max(1, int(self.failure_grace_s)))
+
+        def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+            pcontext = self._pcontext
+            super()._shutdown(death_sig, timeout)
+            if pcontext is not None:
+                self.exit_codes = _exit_codes(pcontext)
+
+        def first_failure(self, result: Any) -> WorkerFailed:
+            global_rank = {w.local_rank: w.global_rank for w in self._worker_group.workers}
+            candidates = self.ended_first or list(result.failures.values())
+            failure = min(candidates, key=lambda f: (_is_collateral(f), _when(f), f.local_rank))
+            return WorkerFailed(
+                rank=int(global_rank.get(failure.local_rank, failure.local_rank)),
+                exitcode=int(failure.exitcode),
+                traceback=_traceback(failure),
+                restarts=self.restarts_done,
+                max_restarts=self._worker_group.spec.max_restarts,
+            )
+
+    return Agent
+
+
+def _failed_so_far(pcontext: Any) -> list[Any]:
+    """`ProcessFailure` of every worker that has already exited non-zero (error file read now)."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    pids = pcontext.pids()
+    return [
+        ProcessFailure(
+            local_rank=rank,
+            pid=pids.get(rank, -1),
+            exitcode=code,
+            error_file=pcontext.error_files[rank],
+        )
+        for rank, code in _exit_codes(pcontext).items()
+        if code is not None and code != 0
+    ]
+
+
+def _when(failure: Any) -> float:
+    """When it failed, as precisely as its error file says (our script runner: sub-second)."""
+    data = getattr(failure, "error_file_data", None) or {}
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, dict):
+        extra = message.get("extraInfo", {})
+        with contextlib.suppress(TypeError, ValueError):
+            return float(extra.get("time") or extra.get("timestamp"))
+    return float("inf")  # no error file (a signal, os._exit): order by the other keys
+
+
+def _exit_codes(pcontext: Any) -> dict[int, int | None]:
+    """How each local worker ended (None: still running), for either kind of context."""
+    codes: dict[int, int | None] = {}
+    pc = getattr(pcontext, "_pc", None)  # MultiprocessContext: a function entry point
+    if pc is not None:
+        for i, proc in enumerate(pc.processes):
+            codes[i] = proc.exitcode
+    for i, handler in getattr(pcontext, "subprocess_handlers", {}).items():  # a binary
+        codes[i] = handler.proc.poll()
+    return codes
+
+
+def _traceback(failure: Any) -> str:
+    data = getattr(failure, "error_file_data", None) or {}
+    message = data.get("message", {}) if isinstance(data, dict) else {}
+    trace = ""
+    if isinstance(message, dict):
+        trace = message.get("extraInfo", {}).get("py_callstack", "") or message.get("message", "")
+    elif isinstance(message, str):
+        trace = message
+    if trace in ("<NONE>", "<N/A>") or "To enable traceback" in trace:
+        return ""  # torch's placeholders when the worker wrote no error file
+    return trace
+
+
+def _is_collateral(failure: Any) -> bool:
+    """Died of a peer's death (broken connection), not of its own error or a signal."""
+    if failure.exitcode < 0:  # killed: by the OOM killer, a user, a scheduler -- a root cause
+        return False
+    return any(word in _traceback(failure) for word in _COLLATERAL)
+
+
+def run(
+    config: Any,
+    entrypoint: Callable[..., Any] | str,
+    args: tuple = (),
+    *,
+    failure_grace_s: float = 3.0,
+    signal_grace_s: float = 30.0,
+    extra_env: dict[str, str] | None = None,
+) -> dict[int, Any]:
+    """Run ``entrypoint(*args)`` (a function, or a binary such as ``sys.executable``) on this
+    node's workers as ``config`` (a torch `LaunchConfig`) describes; ``{rank: return value}``.
+
+    Raises `WorkerFailed` (first failed rank, its traceback) or `Interrupted` (a signal).
+    """
+    from torch.distributed.elastic.agent.server.api import WorkerSpec
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.rendezvous import registry
+    from torch.distributed.elastic.rendezvous.api import RendezvousParameters
+
+    params = RendezvousParameters(
+        backend=config.rdzv_backend,
+        endpoint=config.rdzv_endpoint,
+        run_id=config.run_id,
+        min_nodes=config.min_nodes,
+        max_nodes=config.max_nodes,
+        local_addr=config.local_addr,
+        **config.rdzv_configs,
+    )
+    master_addr = master_port = None
+    if config.rdzv_backend == "static":  # static: the workers' master is the endpoint itself
+        host, _, port = config.rdzv_endpoint.rpartition(":")
+        master_addr, master_port = host, int(port)
+    saved_env = dict(os.environ)
+    os.environ.update(extra_env or {})  # workers inherit the agent's environment
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = config.signals_to_handle
+    quiet = _quiet_torch_logs()
+    agent: Any = None
+    handler: Any = None
+    try:
+        handler = registry.get_rendezvous_handler(params)
+        spec = WorkerSpec(
+            role="default",
+            local_world_size=config.nproc_per_node,
+            entrypoint=entrypoint,
+            args=tuple(args),
+            rdzv_handler=handler,
+            max_restarts=config.max_restarts,
+            monitor_interval=config.monitor_interval,
+            master_addr=master_addr,
+            master_port=master_port,
+            local_addr=config.local_addr,
+        )
+        agent = _make_agent_class()(
+            spec=spec,
+            logs_specs=DefaultLogsSpecs(),
+            start_method=config.start_method,
+            shutdown_timeout=int(signal_grace_s),
+            failure_grace_s=failure_grace_s,
+        )
+        result = agent.run()
+        if result.is_failed():
+            raise agent.first_failure(result)
+        return result.return_values
+    except SignalException as e:
+        handler = None  # as torchrun: a signalled agent's rendezvous stays open for a restart
+        codes = dict(agent.exit_codes) if agent is not None else {}
+        raise Interrupted(int(e.sigval), codes) from None
+    except (WorkerFailed, Interrupted):
+        raise
+    except Exception as e:
+        if not _is_rendezvous_error(e):
+            raise
+        handler = None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RendezvousFailed(
+            f"rendezvous at {config.rdzv_endpoint} ({config.rdzv_backend}, run id "
+            f"{config.run_id}) failed: {type(e).__name__}: {first}"
+        ) from None
+    finally:
+        if handler is not None:
+            with contextlib.suppress(Exception):
+                handler.shutdown()
+        quiet()
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _is_rendezvous_error(error: BaseException) -> bool:
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+    kinds: tuple[type, ...] = (RendezvousError, TimeoutError, ConnectionError)
+    kinds += tuple(
+        k
+        for k in (getattr(dist, "DistNetworkError", None), getattr(dist, "DistStoreError", None))
+        if k is not None
+    )
+    return isinstance(error, kinds)
+
+
+def _quiet_torch_logs() -> Callable[[], None]:
+    """The agent logs every failed worker's whole traceback and each restart at length; we
+    raise the failure once, with its rank. Returns the function that restores the levels."""
+    names = (
+        "torch.distributed.elastic.multiprocessing.api",
+        "torch.distributed.elastic.agent.server.api",
+        "torch.distributed.elastic.agent.server.local_elastic_agent",
+        "torch.distributed.elastic.rendezvous.dynamic_rendezvous",
+    )
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def restore() -> None:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+    return restore

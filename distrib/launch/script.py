@@ -1,0 +1,78 @@
+"""``python -m distrib.launch.script [-m] TARGET [args...]``: run a user's script as a worker.
+
+What `distrib.launch` starts in each worker instead of ``python script.py``: the script runs
+exactly as it would under torchrun (``__main__``, ``sys.argv``, ``sys.path[0]``), and an uncaught
+exception is written, with its traceback and a precise time, to the error file torch's agent
+gives each worker (``TORCHELASTIC_ERROR_FILE``, the format of torch's ``@record``). Without it
+a plain script leaves the agent nothing but an exit code, and a rank whose peer raised first
+can be blamed for the peer's error. Imports nothing heavy: the script pays for its own torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+import time
+import traceback
+
+
+def _user_frames(error: BaseException) -> str:
+    """The traceback from the user's code on: this runner's and runpy's frames say nothing."""
+    tb = error.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>")
+        or tb.tb_frame.f_code.co_filename.endswith("runpy.py")
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def write_error_file(error: BaseException) -> bool:
+    """Record ``error`` where the agent looks for this worker's failure; False if it can't."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return False
+    now = time.time()
+    data = {
+        "message": {
+            "message": f"{type(error).__name__}: {error}",
+            "extraInfo": {
+                "py_callstack": _user_frames(error),
+                "timestamp": str(int(now)),
+                "time": repr(now),
+            },
+        }
+    }
+    try:
+        with open(path, "w") as f:
+            json.dump(data, f)
+    except OSError:
+        return False  # reporting must never hide the error itself
+    return True
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] not in ("-m", "--"):
+        sys.exit("usage: python -m distrib.launch.script (-m MODULE | -- SCRIPT) [args...]")
+    module, target, args = argv[0] == "-m", argv[1], argv[2:]
+    sys.argv = [target, *args]
+    try:
+        if module:  # sys.path[0] is already the working directory, as for `python -m`
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:  # as `python script.py`: the script's directory first, not the working one
+            sys.path[0] = os.path.dirname(os.path.abspath(target))
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException as e:
+        # The launcher prints the first failed rank's traceback once; print here only when
+        # it cannot (no error file: run outside torch's agent).
+        if not write_error_file(e):
+            print(_user_frames(e), end="", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

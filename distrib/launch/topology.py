@@ -1,0 +1,170 @@
+"""Where the workers of a job run and how they find each other: pure values, no torch.
+
+`Topology` carries torchrun's options under torchrun's names (``--nnodes``, ``--node-rank``,
+``--rdzv-endpoint``, ``--rdzv-id``, ``--local-addr``) plus the network interface to bind; it is
+checked on construction, so a bad value is one line naming the option before any port is bound.
+`launch_config` turns it into the `LaunchConfig` torch's elastic agent takes:
+
+- one node (the default): our loopback c10d backend, a free port, nothing reachable from outside;
+- several nodes, ``node_rank`` given: torch's ``static`` rendezvous at ``rdzv_endpoint``;
+- several nodes, no ``node_rank``: torch's ``c10d`` rendezvous at ``rdzv_endpoint``, elastic.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from distrib.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_PORT = 29400  # torchrun's default rendezvous port
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+"""The agent passes these on to the workers; SIGUSR1 is the cluster's "checkpoint and requeue"."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    """One job's shape, as every node's launcher is told it (torchrun's names)."""
+
+    nproc_per_node: int = 1
+    """Workers on this node (one per GPU on a GPU node)."""
+    nnodes: int = 1
+    """Nodes in the job; each runs the same command."""
+    node_rank: int | None = None
+    """This node's rank for a static rendezvous; None: c10d assigns ranks (elastic)."""
+    rdzv_endpoint: str = ""
+    """``host:port`` of the rendezvous (node 0's address); required when ``nnodes > 1``."""
+    rdzv_id: str = ""
+    """The job's id, equal on every node (and across restarts of one job)."""
+    local_addr: str = ""
+    """This node's address as the others reach it (when the hostname does not resolve to it)."""
+    ifname: str = ""
+    """Network interface the workers' gloo/NCCL sockets bind (``GLOO_SOCKET_IFNAME``...)."""
+    max_restarts: int = 0
+    """Times the agent restarts the whole worker group after a worker failure."""
+    rdzv_timeout_s: int = 300
+    """How long a node waits for the others to join before giving up."""
+    failure_grace_s: float = 3.0
+    """After a worker fails, how long the others get after SIGTERM before SIGKILL."""
+    signal_grace_s: float = 30.0
+    """After the launcher is signalled, how long workers get to checkpoint before SIGKILL."""
+
+    def __post_init__(self) -> None:
+        _check(self.nproc_per_node >= 1, "--nproc-per-node", self.nproc_per_node, "an integer >= 1")
+        _check(self.nnodes >= 1, "--nnodes", self.nnodes, "an integer >= 1")
+        _check(self.max_restarts >= 0, "--max-restarts", self.max_restarts, "an integer >= 0")
+        _check(self.rdzv_timeout_s >= 1, "--rdzv-timeout", self.rdzv_timeout_s, "seconds >= 1")
+        if self.node_rank is not None:
+            _check(
+                0 <= self.node_rank < self.nnodes,
+                "--node-rank",
+                self.node_rank,
+                f"an integer in [0, {self.nnodes - 1}] (--nnodes={self.nnodes})",
+            )
+        if self.nnodes > 1 or self.rdzv_endpoint:
+            _check(
+                bool(self.rdzv_endpoint),
+                "--rdzv-endpoint",
+                self.rdzv_endpoint,
+                "host:port of node 0 when --nnodes > 1",
+            )
+            split_endpoint(self.rdzv_endpoint)
+
+    @property
+    def single_node(self) -> bool:
+        return self.nnodes == 1 and not self.rdzv_endpoint
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+
+def _check(ok: bool, option: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(option, value, allowed, message=f"{option}={value!r}: expected {allowed}")
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) -> (host, port); a missing or bad port is one line."""
+    host, sep, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            "--rdzv-endpoint",
+            endpoint,
+            "host:port with a port in 1..65535, e.g. 10.0.0.1:29400",
+            message=f"--rdzv-endpoint={endpoint!r}: expected host:port with a port in 1..65535 "
+            f"(e.g. 10.0.0.1:{DEFAULT_PORT})",
+        )
+    return host, int(port)
+
+
+def worker_env(topology: Topology, cores: int | None = None) -> dict[str, str]:
+    """Variables every worker gets on top of torch elastic's own (what torchrun sets too).
+
+    OMP_NUM_THREADS: cores / local workers (torchrun sets 1), so workers do not fight for cores;
+    a value the user set wins. The socket interface, when named, for both gloo and NCCL.
+    """
+    env: dict[str, str] = {}
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = cores or _cores()
+        env["OMP_NUM_THREADS"] = str(max(1, cores // topology.nproc_per_node))
+    if topology.ifname:
+        env["GLOO_SOCKET_IFNAME"] = topology.ifname
+        env["NCCL_SOCKET_IFNAME"] = topology.ifname
+    return env
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def launch_config(topology: Topology, *, run_id: str | None = None) -> Any:
+    """The `LaunchConfig` of ``topology`` (single node: rendezvous on loopback, a free port)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    common: dict[str, Any] = {
+        "nproc_per_node": topology.nproc_per_node,
+        "run_id": run_id or topology.rdzv_id or f"local-{uuid.uuid4().hex[:8]}",
+        "max_restarts": topology.max_restarts,
+        "monitor_interval": 0.1,
+        "start_method": "spawn",
+        "signals_to_handle": FORWARDED_SIGNALS,
+    }
+    if topology.single_node:
+        from distrib.launch.loopback import register
+
+        return LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            rdzv_backend=register(),  # c10d, with its stores listening on loopback only
+            rdzv_endpoint=f"{LOOPBACK}:0",
+            local_addr=LOOPBACK,
+            **common,
+        )
+    host, port = split_endpoint(topology.rdzv_endpoint)
+    timeout = topology.rdzv_timeout_s
+    rdzv_conf: dict[str, Any] = {"join_timeout": timeout, "read_timeout": timeout}
+    if topology.node_rank is not None:
+        backend = "static"
+        rdzv_conf["rank"] = topology.node_rank
+    else:
+        backend = "c10d"
+        if topology.local_addr:
+            # The hostname may resolve to 127.0.0.1 (containers, namespaces): say who hosts.
+            rdzv_conf["is_host"] = topology.local_addr == host
+    return LaunchConfig(
+        min_nodes=topology.nnodes,
+        max_nodes=topology.nnodes,
+        rdzv_backend=backend,
+        rdzv_endpoint=f"{host}:{port}",
+        rdzv_configs=rdzv_conf,
+        local_addr=topology.local_addr or None,
+        **common,
+    )
