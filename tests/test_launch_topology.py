@@ -20,7 +20,11 @@ def test_one_node_rendezvous_on_loopback_with_a_free_port():
 def test_several_nodes_use_c10d_and_say_who_hosts_when_local_addr_is_given():
     topo = Topology(nnodes=2, rdzv_endpoint="10.1.0.1:29400", rdzv_id="exp", local_addr="10.1.0.1")
     cfg = launch_config(topo)
-    assert (cfg.rdzv_backend, cfg.rdzv_endpoint, cfg.run_id) == ("c10d", "10.1.0.1:29400", "exp")
+    assert (cfg.rdzv_backend, cfg.rdzv_endpoint, cfg.run_id) == (
+        "distrib-c10d",
+        "10.1.0.1:29400",
+        "exp",
+    )
     assert (cfg.min_nodes, cfg.max_nodes, cfg.local_addr) == (2, 2, "10.1.0.1")
     assert cfg.rdzv_configs["is_host"] is True
     other = launch_config(Topology(nnodes=2, rdzv_endpoint="10.1.0.1:29400", local_addr="10.1.0.2"))

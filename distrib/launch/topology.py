@@ -7,7 +7,8 @@ checked on construction, so a bad value is one line naming the option before any
 
 - one node (the default): our loopback c10d backend, a free port, nothing reachable from outside;
 - several nodes, ``node_rank`` given: torch's ``static`` rendezvous at ``rdzv_endpoint``;
-- several nodes, no ``node_rank``: torch's ``c10d`` rendezvous at ``rdzv_endpoint``, elastic.
+- several nodes, no ``node_rank``: torch's ``c10d`` rendezvous at ``rdzv_endpoint``
+  (see `distrib.launch.rendezvous`).
 """
 
 from __future__ import annotations
@@ -137,13 +138,14 @@ def launch_config(topology: Topology, *, run_id: str | None = None) -> Any:
         "start_method": "spawn",
         "signals_to_handle": FORWARDED_SIGNALS,
     }
-    if topology.single_node:
-        from distrib.launch.loopback import register
+    from distrib.launch.rendezvous import register
 
+    loopback, c10d = register()
+    if topology.single_node:
         return LaunchConfig(
             min_nodes=1,
             max_nodes=1,
-            rdzv_backend=register(),  # c10d, with its stores listening on loopback only
+            rdzv_backend=loopback,  # c10d, with its stores listening on loopback only
             rdzv_endpoint=f"{LOOPBACK}:0",
             local_addr=LOOPBACK,
             **common,
@@ -155,7 +157,7 @@ def launch_config(topology: Topology, *, run_id: str | None = None) -> Any:
         backend = "static"
         rdzv_conf["rank"] = topology.node_rank
     else:
-        backend = "c10d"
+        backend = c10d  # torch's c10d, with a fresh bootstrap store per restart
         if topology.local_addr:
             # The hostname may resolve to 127.0.0.1 (containers, namespaces): say who hosts.
             rdzv_conf["is_host"] = topology.local_addr == host
