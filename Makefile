@@ -24,6 +24,7 @@ demo: venv
 	WANDB_MODE=offline $(BIN)/python -m distrib.train launcher=local launcher.nproc=2 'logger=[console,jsonl,wandb]'
 
 test: venv
+	@bash tests/system_deps.sh || echo "make test: system packages missing; their tests skip (CI installs them as root)"
 	$(BIN)/python -m pytest -q
 
 lint: venv

@@ -40,22 +40,50 @@ class Recorded(torch.utils.data.Dataset):
         size: int = 640,
         features: int = 16,
         kill_at: int = 0,
+        kill_rank: int = 0,
+        kill_attempt: int = -1,
     ) -> None:
         self.data = synthetic(split, size=size, features=features)
         self.record_dir, self.delay, self.kill_at = record_dir, delay, kill_at
+        self.kill_rank, self.kill_attempt = kill_rank, kill_attempt
         self.served = 0
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "-")
+        if record_dir:  # what the elastic agent told this worker
+            rank = os.environ.get("RANK", "0")
+            open(os.path.join(record_dir, f"{split}-rank{rank}-attempt{attempt}"), "w").close()
+        if kill_attempt >= 0 and attempt != str(kill_attempt):
+            self.kill_at = 0  # kill on that attempt only: the restarted group must finish
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.served += 1
-        if self.kill_at and self.served == self.kill_at and os.environ.get("RANK", "0") == "0":
+        rank = int(os.environ.get("RANK", "0"))
+        if self.kill_at and self.served == self.kill_at and rank == self.kill_rank:
             os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no handler, no cleanup
         if self.record_dir:
-            rank = os.environ.get("RANK", "0")
             with open(os.path.join(self.record_dir, f"rank{rank}.txt"), "a") as f:
                 f.write(f"{i}\n")
         if self.delay:
             time.sleep(self.delay)
         return self.data[i]
+
+
+class SleepyMLP(nn.Module):
+    """An MLP whose forward sleeps ``sleep_s`` on rank ``rank`` at call ``at_call``: a rank
+    stuck in user code while its peer waits in the gradient all_reduce. Records pids."""
+
+    def __init__(self, pid_dir: str, rank: int = 1, at_call: int = 3, sleep_s: float = 120.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.rank, self.at_call, self.sleep_s, self.calls = rank, at_call, sleep_s, 0
+        me = int(os.environ.get("RANK", "0"))
+        with open(os.path.join(pid_dir, f"rank{me}.pid"), "w") as f:
+            f.write(str(os.getpid()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.training and self.calls == self.at_call and int(os.environ["RANK"]) == self.rank:
+            time.sleep(self.sleep_s)
+        return self.net(x)

@@ -35,11 +35,25 @@ def test_launch_failure_names_the_rank_with_traceback():
     assert str(info.value).startswith("worker rank 1 failed (exit code 1)")
 
 
-def test_launch_cli_rejects_bad_nproc(capsys: pytest.CaptureFixture[str]):
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--nproc", "0"], "--nproc-per-node=0: expected an integer >= 1"),
+        (["--nnodes", "0"], "--nnodes=0: expected an integer >= 1"),
+        (
+            ["--nnodes", "2", "--rdzv-endpoint", "10.1.2.3"],
+            "--rdzv-endpoint='10.1.2.3': expected host:port with a port in 1..65535",
+        ),
+    ],
+)
+def test_launch_cli_rejects_bad_options_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+):
     with pytest.raises(SystemExit) as info:
-        launch_main(["--nproc", "0", "x.py"])
+        launch_main([*argv, "x.py"])
     assert info.value.code == 2
-    assert "--nproc-per-node=0: expected an integer >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"distrib: error: {line}") and err.count("\n") == 1
 
 
 def _listening(pid: int) -> list[str]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_cli, train_cli
 
 PY = sys.executable
 FAST = ["trainer.epochs=1", "trainer.log_every=100"]
@@ -167,3 +167,180 @@ def test_users_add_their_own_config_groups_with_config_dir(tmp_path: Path):
     )
     assert ok.returncode == 0, ok.stderr
     assert "step 2/2" in ok.stdout
+
+
+# --- beyond one machine: restarts that resume, hangs that end, GPUs checked up front ---
+
+RESTART_RUN = [
+    "model=mlp",
+    "model.in_features=16",
+    "data.train._target_=fixtures.Recorded",
+    "data.eval._target_=fixtures.Recorded",
+    "trainer.global_batch_size=32",
+    "trainer.log_every=4",
+    "trainer.deterministic=true",
+    "trainer.epochs=3",
+    "trainer.checkpoint.every_steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import torch
+
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    res = train_cli(run_dir, *RESTART_RUN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return torch.load(run_dir / "checkpoints" / "step-00000048.pt", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_step", [4, 12, 22, 33, 41])
+def test_sigkill_of_a_worker_restarts_the_group_and_resumes_bit_exact(
+    tmp_path: Path, kill_step: int, uninterrupted_state: dict
+):
+    import torch
+
+    run_dir, seen = tmp_path / "run", tmp_path / "seen"
+    seen.mkdir()
+    res = train_cli(
+        run_dir,
+        *RESTART_RUN,
+        "launcher.max_restarts=1",
+        f"+data.train.record_dir={seen}",
+        "+data.train.kill_rank=1",
+        "+data.train.kill_attempt=0",
+        f"+data.train.kill_at={16 * (kill_step - 1) + 1}",  # 16 samples per rank and step
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (seen / "train-rank1-attempt1").exists()  # it saw TORCHELASTIC_RESTART_COUNT=1
+    saves = [*range(5, 48, 5), 16, 32]  # every_steps=5, and each epoch's end
+    saved = max((s for s in saves if s < kill_step), default=0)
+    if saved:
+        assert f"step-{saved:08d}.pt: epoch" in res.stdout  # resumed from the newest checkpoint
+    final = torch.load(run_dir / "checkpoints" / "step-00000048.pt", weights_only=True)
+    for k, v in uninterrupted_state["model"].items():
+        assert torch.equal(final["model"][k], v), k
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_job_naming_it_within_the_timeout(tmp_path: Path):
+    start = time.monotonic()
+    res = train_cli(
+        tmp_path / "run",
+        *RESTART_RUN[2:],
+        "~model",
+        "+model._target_=fixtures.SleepyMLP",
+        f"+model.pid_dir={tmp_path}",
+        "trainer.timeout_s=10",
+    )
+    took = time.monotonic() - start
+    assert res.returncode == 1, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distrib: error: worker rank 0 failed"), last
+    assert "a collective timed out on rank 0 after 10 s: rank(s) 1 never arrived" in last
+    assert took < 30, took
+    pids = [int(p.read_text()) for p in tmp_path.glob("rank*.pid")]
+    assert len(pids) == 2
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text()
+
+
+def test_more_workers_than_gpus_is_one_line_before_starting(monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    import distrib
+    from distrib.train import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(distrib.ConfigError) as info:
+        preflight(["launcher.nproc=2", "trainer.device=cuda"])
+    assert str(info.value) == (
+        "launcher.nproc=2: one GPU per worker, but 1 GPU(s) visible; use launcher.nproc<=1, "
+        "trainer.device=cpu, or make more GPUs visible with CUDA_VISIBLE_DEVICES"
+    )
+    preflight(["launcher.nproc=1", "trainer.device=cuda"])  # one each: fine
+    preflight(["launcher.nproc=2", "trainer.device=cpu"])  # CPU workers need no GPU
+
+
+def test_nccl_without_cuda_is_one_line_before_starting(monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    import distrib
+    from distrib.train import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(distrib.ConfigError, match=r"^trainer.backend='nccl': expected gloo"):
+        preflight(["launcher.nproc=2", "trainer.backend=nccl"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["launcher.nnodes=0"], "distrib: error: launcher.nnodes=0: expected an integer >= 1"),
+        (
+            ["launcher.nnodes=2", "launcher.rdzv_endpoint=10.1.2.3"],
+            "distrib: error: launcher.rdzv_endpoint='10.1.2.3': expected host:port",
+        ),
+        (["launcher.nnodes=2"], "distrib: error: launcher.rdzv_endpoint='': expected host:port"),
+    ],
+)
+def test_bad_multi_node_settings_are_one_line(tmp_path: Path, overrides: list[str], line: str):
+    res = run_cli(PY, "-m", "distrib.train", *overrides, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith(line) and "\n" not in res.stderr.strip(), res.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_run_interrupted_and_restarted_with_the_readme_command_resumes(tmp_path: Path):
+    torchrun = str(Path(PY).parent / "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "distrib.train", *RESTART_RUN]
+    env = {"DISTRIB_RUN_ID": "myrun"}
+    crashed = run_cli(*cmd, "+data.train.kill_at=321", cwd=tmp_path, env=env)  # step 21, rank 0
+    assert crashed.returncode != 0
+    run_dir = tmp_path / "outputs" / "myrun"
+    assert (run_dir / "checkpoints" / "step-00000020.pt").exists()
+    again = run_cli(*cmd, cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {run_dir}/checkpoints/step-00000020.pt: epoch" in again.stdout
+    assert (run_dir / "checkpoints" / "step-00000048.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_rank_hangs_does_not_claim_a_checkpoint(tmp_path: Path):
+    import signal
+    import subprocess
+
+    cmd = [
+        PY,
+        "-m",
+        "distrib.train",
+        "launcher.nproc=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *RESTART_RUN[2:],
+        "~model",
+        "+model._target_=fixtures.SleepyMLP",
+        f"+model.pid_dir={tmp_path}",
+        "+model.sleep_s=15",
+        "trainer.timeout_s=60",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("rank*.pid"))) < 2:  # written when the model is built
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(4)  # rank 1 now sleeps inside its 3rd step; rank 0 waits in the all_reduce
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]  # not 75: nothing was saved
+    assert err.strip().splitlines()[-1] == (
+        "distrib: interrupted by SIGTERM; the workers got the same signal"
+    )
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*.pt"))

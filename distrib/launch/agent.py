@@ -114,20 +114,37 @@ def _make_agent_class() -> type:
             return ids
 
         def _watch_close(self, pcontext: Any) -> None:
-            """torch's process context tears the other workers down itself, from its poll,
-            as soon as one fails (SIGTERM, 30 s, SIGKILL). Before that teardown, note which
-            workers had ALREADY ended: only those can be the cause; the rest are its victims.
-            And after a failure, a short grace: nobody is saving anything worth waiting for."""
+            """torch tears the other workers down itself as soon as one fails (SIGTERM, 30 s,
+            SIGKILL): from the context's poll (a script) or from ``torch.multiprocessing``'s
+            join (a function). Before that teardown, note which workers had ALREADY ended:
+            only those can be the cause; the rest are its victims. And use a short grace:
+            after a failure nobody is saving anything worth waiting for."""
+            grace = max(1, int(self.failure_grace_s))
             close = pcontext.close
 
             def watched_close(death_sig: Any = None, timeout: int = 30) -> None:
                 if not self.ended_first:
-                    self.ended_first = _failed_so_far(pcontext)
-                if death_sig is None:  # the context's own teardown, not a forwarded signal
-                    timeout = max(1, int(self.failure_grace_s))
-                close(death_sig, timeout)
+                    self.ended_first = _failed(pcontext, _exit_codes(pcontext))
+                close(death_sig, grace if death_sig is None else timeout)
 
             pcontext.close = watched_close
+            pc = getattr(pcontext, "_pc", None)  # torch.multiprocessing's ProcessContext
+            if pc is None:
+                return
+            join = pc.join
+
+            def watched_join(timeout: Any = None, grace_period: Any = None) -> Any:
+                before = _exit_codes(pcontext)
+                try:
+                    return join(timeout, grace if grace_period is None else grace_period)
+                except Exception as e:  # ProcessRaisedException / ProcessExitedException
+                    index = getattr(e, "error_index", None)
+                    if index is not None:
+                        before[index] = pc.processes[index].exitcode
+                    self.ended_first = _failed(pcontext, before)
+                    raise
+
+            pc.join = watched_join
 
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
@@ -160,8 +177,8 @@ def _make_agent_class() -> type:
     return Agent
 
 
-def _failed_so_far(pcontext: Any) -> list[Any]:
-    """`ProcessFailure` of every worker that has already exited non-zero (error file read now)."""
+def _failed(pcontext: Any, codes: dict[int, int | None]) -> list[Any]:
+    """`ProcessFailure` of each worker in ``codes`` that exited non-zero (error file read now)."""
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
     pids = pcontext.pids()
@@ -172,7 +189,7 @@ def _failed_so_far(pcontext: Any) -> list[Any]:
             exitcode=code,
             error_file=pcontext.error_files[rank],
         )
-        for rank, code in _exit_codes(pcontext).items()
+        for rank, code in codes.items()
         if code is not None and code != 0
     ]
 

@@ -53,6 +53,13 @@ def write_error_file(error: BaseException) -> bool:
     return True
 
 
+_kept: dict = {}
+"""The script's globals, alive until the interpreter exits, as they would be under ``python
+script.py``. Freed on return from runpy instead, a DDP model's gloo group was destroyed while
+this thread held the GIL and its worker thread needed it to finish a barrier: a deadlock at
+exit (seen after an elastic restart)."""
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] not in ("-m", "--"):
         sys.exit("usage: python -m distrib.launch.script (-m MODULE | -- SCRIPT) [args...]")
@@ -60,10 +67,10 @@ def main(argv: list[str]) -> None:
     sys.argv = [target, *args]
     try:
         if module:  # sys.path[0] is already the working directory, as for `python -m`
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
+            _kept.update(runpy.run_module(target, run_name="__main__", alter_sys=True))
         else:  # as `python script.py`: the script's directory first, not the working one
             sys.path[0] = os.path.dirname(os.path.abspath(target))
-            runpy.run_path(target, run_name="__main__")
+            _kept.update(runpy.run_path(target, run_name="__main__"))
     except SystemExit:
         raise
     except BaseException as e:

@@ -1,0 +1,267 @@
+"""Failures end the job, naming the rank that failed first; restarts resume; signals end cleanly.
+
+Run through ``python -m distrib.launch`` with scripts that never import distrib, as a user's
+torchrun script would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, run_cli
+
+PY = sys.executable
+SCRIPTS = ROOT / "tests" / "scripts"
+
+
+def launch(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_cli(PY, "-m", "distrib.launch", *args, cwd=cwd, timeout=timeout)
+
+
+def assert_gone(pids: list[int]) -> None:
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), f"worker {pid} left behind"
+
+
+def pids_in(d: Path) -> list[int]:
+    return [int(p.read_text()) for p in d.glob("rank*.pid")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("raise", "worker rank 1 failed (exit code 1): ValueError: bad shard on rank 1"),
+        ("exit", "worker rank 1 exited with code 7 without a Python traceback"),
+        ("kill", "worker rank 1 was killed by SIGKILL"),
+    ],
+)
+def test_the_failed_rank_is_named_not_the_peer_that_lost_it(
+    tmp_path: Path, how: str, expected: str
+):
+    start = time.monotonic()
+    res = launch(
+        "--nproc", "2", str(SCRIPTS / "fail.py"), "--out", str(tmp_path), "--how", how, cwd=tmp_path
+    )
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"distrib: error: {expected}"), res.stderr[-2000:]
+    if how == "raise":  # the worker's own traceback, once, before the error line
+        assert res.stderr.count('raise ValueError(f"bad shard on rank {rank}")') == 1
+    assert time.monotonic() - start < 30
+    assert len(pids_in(tmp_path)) == 2
+    assert_gone(pids_in(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_module_runs_as_with_python_dash_m(tmp_path: Path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "probe.py").write_text(
+        "import os, sys\nopen(os.path.join(sys.argv[1], os.environ['RANK']), 'w').write(__name__)\n"
+    )
+    res = launch("--nproc", "2", "-m", "mypkg.probe", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "0").read_text() == (tmp_path / "1").read_text() == "__main__"
+
+
+def _worker_envs(out: Path) -> dict[int, dict[str, str]]:
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("env-*.json")}
+
+
+# Values that differ between any two launches, whoever runs them (or, for MASTER_ADDR and the
+# signal list, differ by design: ours is 127.0.0.1 rather than "localhost" and forwards SIGUSR1).
+_PER_RUN = {
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_ERROR_FILE",
+    "MASTER_ADDR",
+    "TORCHELASTIC_SIGNALS_TO_HANDLE",
+    "_",
+}
+
+
+@pytest.mark.slow
+def test_workers_see_the_environment_torchrun_gives_them_key_by_key(tmp_path: Path):
+    ours, theirs = tmp_path / "ours", tmp_path / "torchrun"
+    ours.mkdir(), theirs.mkdir()
+    probe = str(SCRIPTS / "probe_env.py")
+    assert launch("--nproc", "2", probe, str(ours), cwd=tmp_path).returncode == 0
+    torchrun = str(Path(PY).parent / "torchrun")
+    res = run_cli(torchrun, "--standalone", "--nproc_per_node=2", probe, str(theirs), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    a, b = _worker_envs(ours), _worker_envs(theirs)
+    assert sorted(a) == sorted(b) == [0, 1]
+    for rank in (0, 1):
+        assert set(a[rank]) - {"_"} == set(b[rank]) - {"_"}, rank
+        for key in set(a[rank]) - _PER_RUN:
+            assert a[rank][key] == b[rank][key], (rank, key)
+        for key in (
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "GROUP_RANK",
+            "ROLE_RANK",
+            "ROLE_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "TORCHELASTIC_RUN_ID",
+            "TORCHELASTIC_RESTART_COUNT",
+            "TORCHELASTIC_MAX_RESTARTS",
+            "OMP_NUM_THREADS",
+        ):
+            assert key in a[rank], key
+    cores = len(os.sched_getaffinity(0))
+    assert a[0]["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_step", [7, 13, 23, 31, 36])
+def test_sigkill_of_a_worker_restarts_and_resumes_exactly(
+    tmp_path: Path, kill_step: int, straight_ddp_script: dict
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    res = launch(
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "1",
+        str(SCRIPTS / "ddp_script.py"),
+        "--out",
+        str(out),
+        "--kill-rank",
+        "1",
+        "--kill-step",
+        str(kill_step),
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed_at = kill_step // 5 * 5
+    assert f"rank 1: resumed at step {resumed_at}" in res.stdout
+    seen = json.loads((out / "seen-rank1-attempt1.json").read_text())
+    assert seen["TORCHELASTIC_RESTART_COUNT"] == "1"
+    final = torch.load(out / "final.pt", weights_only=True)
+    for k, v in straight_ddp_script.items():
+        assert torch.equal(final[k], v), k
+
+
+@pytest.fixture(scope="module")
+def straight_ddp_script(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("straight")
+    res = launch("--nproc", "2", str(SCRIPTS / "ddp_script.py"), "--out", str(out), cwd=out)
+    assert res.returncode == 0, res.stderr
+    return torch.load(out / "final.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_without_restarts_a_killed_worker_ends_the_job_in_seconds_naming_it(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "distrib.launch",
+            "--nproc",
+            "2",
+            str(SCRIPTS / "fail.py"),
+            "--out",
+            str(out),
+            "--how",
+            "none",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(pids_in(out)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(1)
+    victim = {int(p.stem[4:]): int(p.read_text()) for p in out.glob("rank*.pid")}[1]
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - killed < 10
+    assert proc.returncode == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("distrib: error: worker rank 1 was killed by SIGKILL")
+    )
+    assert_gone(pids_in(out))
+
+
+@pytest.mark.slow
+def test_restarts_exhausted_say_so(tmp_path: Path):
+    res = launch(
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "1",
+        str(SCRIPTS / "fail.py"),
+        "--out",
+        str(tmp_path),
+        "--how",
+        "exit",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 1
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith("distrib: error: worker rank 1 exited with code 7")
+    )
+    assert "after 1 of 1 restart(s); no restarts left" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signalled_launcher_ends_with_one_line_and_the_signal_code(tmp_path: Path, signum: int):
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "distrib.launch",
+            "--nproc",
+            "2",
+            str(SCRIPTS / "fail.py"),
+            "--out",
+            str(out),
+            "--how",
+            "none",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(pids_in(out)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    # The script saved nothing: not 75 ("checkpoint written"), but 128 + the signal.
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"distrib: interrupted by {signal.Signals(signum).name}; the workers got the same signal"
+    )
+    assert_gone(pids_in(out))

@@ -1,0 +1,204 @@
+"""Several nodes for real: two network namespaces joined by a veth pair, one node in each.
+
+Every node runs the same command with ``--nnodes 2`` and node 0's address as the rendezvous
+endpoint; the result must equal one node running both workers. Not two processes sharing
+loopback: each node has its own network stack, as two machines would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT
+from netns import Hosts, skip_reason, two_hosts
+
+PY = sys.executable
+SCRIPTS = ROOT / "tests" / "scripts"
+PORT = 29400
+
+_reason = skip_reason()
+if _reason is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT / "tests"),
+    "WANDB_MODE": "disabled",
+    "PATH": f"{Path(PY).parent}:{os.environ.get('PATH', '')}",
+}
+
+
+def on_both_nodes(
+    hosts: Hosts, argv_for: list[str], cwd: Path, timeout: float = 180
+) -> list[tuple[int, str, str]]:
+    """Run ``argv_for`` (with ``{i}``, ``{addr}``, ``{ifname}`` filled per node) on both
+    nodes at once; return each node's (exit code, stdout, stderr)."""
+    procs = []
+    for i in (0, 1):
+        argv = [
+            a.format(i=i, addr=hosts.addrs[i], ifname=hosts.ifnames[i], a0=hosts.addrs[0])
+            for a in argv_for
+        ]
+        procs.append(
+            hosts.popen(
+                i,
+                argv,
+                cwd=cwd,
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+TRAIN = [
+    "model=mlp",
+    "model.in_features=16",
+    "data.train._target_=fixtures.Recorded",
+    "data.eval._target_=fixtures.Recorded",
+    "trainer.global_batch_size=32",
+    "trainer.log_every=4",
+    "trainer.epochs=1",
+]
+
+
+def test_two_nodes_of_one_worker_train_as_one_node_of_two(tmp_path: Path):
+    one = tmp_path / "one"
+    res = subprocess.run(
+        [PY, "-m", "distrib.train", *TRAIN, "launcher.nproc=2", f"hydra.run.dir={one}"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = tmp_path / "two"
+    with two_hosts() as hosts:
+        results = on_both_nodes(
+            hosts,
+            [
+                PY,
+                "-m",
+                "distrib.train",
+                *TRAIN,
+                "launcher.nnodes=2",
+                "launcher.nproc=1",
+                f"launcher.rdzv_endpoint={{a0}}:{PORT}",
+                "launcher.rdzv_id=mn",
+                "launcher.local_addr={addr}",
+                "launcher.ifname={ifname}",
+                f"hydra.run.dir={two}",
+            ],
+            cwd=tmp_path,
+        )
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert "training on 2 worker(s)" in results[0][1]
+    a = torch.load(one / "checkpoints" / "step-00000016.pt", weights_only=True)["model"]
+    b = torch.load(two / "checkpoints" / "step-00000016.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rendezvous", ["c10d", "static"])
+def test_a_script_that_never_imports_distrib_runs_on_two_nodes(tmp_path: Path, rendezvous: str):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    script = str(SCRIPTS / "ddp_script.py")
+    res = subprocess.run(
+        [PY, "-m", "distrib.launch", "--nproc", "2", script, "--out", str(one), "--steps", "15"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    how = ["--node-rank", "{i}"] if rendezvous == "static" else ["--rdzv-id", "s1"]
+    with two_hosts() as hosts:
+        results = on_both_nodes(
+            hosts,
+            [
+                PY,
+                "-m",
+                "distrib.launch",
+                "--nnodes",
+                "2",
+                "--nproc",
+                "1",
+                *how,
+                "--rdzv-endpoint",
+                f"{{a0}}:{PORT}",
+                "--local-addr",
+                "{addr}",
+                "--ifname",
+                "{ifname}",
+                script,
+                "--out",
+                str(two),
+                "--steps",
+                "15",
+            ],
+            cwd=tmp_path,
+        )
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    a = torch.load(one / "final.pt", weights_only=True)
+    b = torch.load(two / "final.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_an_unreachable_endpoint_is_one_line_within_the_rendezvous_timeout(tmp_path: Path):
+    with two_hosts() as hosts:
+        start = time.monotonic()
+        # node 1's address exists, but nothing listens there on this port
+        res = hosts.run(
+            0,
+            [
+                PY,
+                "-m",
+                "distrib.launch",
+                "--nnodes",
+                "2",
+                "--nproc",
+                "1",
+                "--rdzv-id",
+                "x",
+                "--rdzv-endpoint",
+                f"{hosts.addrs[1]}:{PORT}",
+                "--local-addr",
+                hosts.addrs[0],
+                "--rdzv-timeout",
+                "10",
+                str(SCRIPTS / "probe_env.py"),
+                str(tmp_path),
+            ],
+            timeout=120,
+            cwd=tmp_path,
+            env=ENV,
+        )
+        took = time.monotonic() - start
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"distrib: error: rendezvous at {hosts.addrs[1]}:{PORT}"), (
+        res.stderr
+    )
+    assert took < 10 + 20, took  # the rendezvous timeout, plus start-up
+    assert not list(tmp_path.glob("env-*.json"))  # no worker ran
