@@ -71,3 +71,8 @@ def test_workers_get_a_core_share_and_the_interface_to_bind(monkeypatch: pytest.
     }
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
     assert worker_env(Topology(nproc_per_node=4), cores=16) == {}
+
+
+def test_every_node_names_the_job_alike_without_an_rdzv_id():
+    topo = Topology(nnodes=2, node_rank=0, rdzv_endpoint="h:1")
+    assert launch_config(topo).run_id == launch_config(topo).run_id == "none"  # torchrun's

@@ -132,7 +132,10 @@ def launch_config(topology: Topology, *, run_id: str | None = None) -> Any:
 
     common: dict[str, Any] = {
         "nproc_per_node": topology.nproc_per_node,
-        "run_id": run_id or topology.rdzv_id or f"local-{uuid.uuid4().hex[:8]}",
+        # Every node must name the job alike: torchrun's default id when the user gave none.
+        "run_id": run_id
+        or topology.rdzv_id
+        or (f"local-{uuid.uuid4().hex[:8]}" if topology.single_node else "none"),
         "max_restarts": topology.max_restarts,
         "monitor_interval": 0.1,
         "start_method": "spawn",
