@@ -183,11 +183,16 @@ class LauncherConfig:
     """This node's address as the other nodes reach it (--local-addr)."""
     ifname: str = ""
     """Network interface for gloo/NCCL sockets (sets GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME)."""
+    signal_grace_s: float = 30.0
+    """After SIGTERM/SIGUSR1 reach the launcher, how long the workers get to checkpoint before
+    SIGKILL; keep it under the cluster's own grace (SLURM's GraceTime)."""
 
     def __post_init__(self) -> None:
         check(self.name in LAUNCHERS, "launcher.name", self.name, " or ".join(LAUNCHERS))
         check(self.nproc >= 1, "launcher.nproc", self.nproc, "an integer >= 1")
         check(self.max_restarts >= 0, "launcher.max_restarts", self.max_restarts, "an integer >= 0")
+        grace = self.signal_grace_s
+        check(grace > 0, "launcher.signal_grace_s", grace, "seconds > 0")
         try:
             self.topology()
         except ConfigError as e:  # name the config key, not the command-line option
@@ -213,6 +218,7 @@ class LauncherConfig:
             local_addr=self.local_addr,
             ifname=self.ifname,
             max_restarts=self.max_restarts,
+            signal_grace_s=self.signal_grace_s,
         )
 
 

@@ -325,7 +325,7 @@ def test_sigterm_while_a_rank_hangs_does_not_claim_a_checkpoint(tmp_path: Path):
         "~model",
         "+model._target_=fixtures.SleepyMLP",
         f"+model.pid_dir={tmp_path}",
-        "+model.sleep_s=15",
+        "launcher.signal_grace_s=5",
         "trainer.timeout_s=60",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"}
@@ -340,7 +340,7 @@ def test_sigterm_while_a_rank_hangs_does_not_claim_a_checkpoint(tmp_path: Path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]  # not 75: nothing was saved
-    assert err.strip().splitlines()[-1] == (
-        "distrib: interrupted by SIGTERM; the workers got the same signal"
-    )
+    # (after it, Python's resource tracker may warn about the killed workers' semaphores)
+    assert "distrib: interrupted by SIGTERM; the workers got the same signal" in err.splitlines()
+    assert "Traceback" not in err
     assert not list((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
