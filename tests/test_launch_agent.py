@@ -265,3 +265,59 @@ def test_a_signalled_launcher_ends_with_one_line_and_the_signal_code(tmp_path: P
         f"distrib: interrupted by {signal.Signals(signum).name}; the workers got the same signal"
     )
     assert_gone(pids_in(out))
+
+
+def _failure(rank: int, exitcode: int, trace: str = "", when: float | None = None) -> object:
+    from types import SimpleNamespace
+
+    data: dict = {"message": "<NONE>"}
+    if trace:
+        extra = {"py_callstack": trace, "timestamp": str(int(when or 0))}
+        if when is not None:
+            extra["time"] = repr(when)
+        data = {"message": {"message": trace.splitlines()[-1], "extraInfo": extra}}
+    return SimpleNamespace(local_rank=rank, exitcode=exitcode, error_file_data=data, message="")
+
+
+BROKEN = "RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"
+
+
+@pytest.mark.parametrize(
+    ("failures", "cause"),
+    [
+        # the peer that lost its connection in the same second is not the cause
+        ([_failure(0, 1, BROKEN, 100.0), _failure(1, 1, "ValueError: bad", 100.0)], 1),
+        # ... not even when gloo's teardown then aborted it
+        ([_failure(0, -6, BROKEN, 99.0), _failure(1, 7)], 1),
+        # a worker killed by a signal, with no error of its own, is a cause
+        ([_failure(0, 1, BROKEN, 100.0), _failure(1, -9)], 1),
+        # two real errors: the earlier one (sub-second times from the script runner)
+        ([_failure(0, 1, "KeyError: a", 100.7), _failure(1, 1, "ValueError: b", 100.2)], 1),
+        # nothing to tell them apart: the lowest rank
+        ([_failure(1, 7), _failure(0, 7)], 0),
+    ],
+)
+def test_the_root_cause_is_the_failure_that_is_not_a_peer_losing_its_connection(
+    failures: list, cause: int
+):
+    from distrib.launch.agent import root_cause
+
+    assert root_cause(failures).local_rank == cause
+
+
+@pytest.mark.slow
+def test_a_requeue_exit_ends_the_job_with_75_instead_of_a_restart(tmp_path: Path):
+    res = launch(
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "2",
+        str(SCRIPTS / "fail.py"),
+        "--out",
+        str(tmp_path),
+        "--how",
+        "requeue",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 75, res.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("attempt*")) == ["attempt0-rank0", "attempt0-rank1"]

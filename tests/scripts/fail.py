@@ -1,10 +1,12 @@
 """A torchrun-style script (no distrib import) whose rank ``--rank`` fails by ``--how``
-(raise, exit, kill) after one all_reduce, while its peers go on to the next one. Writes its pid
+(raise, exit, kill, sleep) after one all_reduce, while its peers go on to the next one; or
+every rank exits 75 (``requeue``); or all wait to be signalled (``none``). Writes its pid
 to ``<--out>/rank<k>.pid`` so a test can check that no worker is left."""
 
 import argparse
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -12,7 +14,9 @@ import torch.distributed as dist
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
-p.add_argument("--how", choices=["raise", "exit", "kill", "sleep", "none"], default="raise")
+p.add_argument(
+    "--how", choices=["raise", "exit", "kill", "sleep", "none", "requeue"], default="raise"
+)
 p.add_argument("--rank", type=int, default=1)
 args = p.parse_args()
 
@@ -20,8 +24,14 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 with open(os.path.join(args.out, f"rank{rank}.pid"), "w") as f:
     f.write(str(os.getpid()))
+attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+open(os.path.join(args.out, f"attempt{attempt}-rank{rank}"), "w").close()
 x = torch.ones(4)
 dist.all_reduce(x)
+if args.how == "requeue":  # every rank: "checkpoint written, requeue me"
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.exit(75)
 if rank == args.rank:
     if args.how == "raise":
         raise ValueError(f"bad shard on rank {rank}")
