@@ -67,3 +67,32 @@ def test_two_workers_join_one_gloo_group():
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["world"] == 2 and r["sum"] == 3.0 and r["group"] for r in results)
     assert all(r["threads"] == threads_per_worker(2) for r in results)
+
+
+def _nccl_reduce_of_cpu_and_rng() -> dict:
+    from distrib.rng import get_rng_state
+
+    ctx = distrib.init(backend="nccl")
+    total = distrib.reduce_sum(torch.tensor([ctx.rank + 1.0]))  # a CPU tensor, as users pass
+    return {"sum": total.item(), "device": str(total.device), "rng": get_rng_state()["cuda"]}
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="NCCL with one GPU per worker needs 2 CUDA GPUs"
+)
+def test_nccl_reduces_cpu_tensors_and_keeps_one_gpu_rng_state_per_worker():
+    results = spawn(_nccl_reduce_of_cpu_and_rng, world_size=2)
+    assert [r["sum"] for r in results] == [3.0, 3.0]
+    assert {r["device"] for r in results} == {"cpu"}  # back where it came from
+    assert all(isinstance(r["rng"], torch.Tensor) for r in results)  # its own GPU's, not all
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rng_state_round_trips_this_workers_gpu_only():
+    from distrib.rng import get_rng_state, set_rng_state
+
+    torch.cuda.init()
+    state = get_rng_state()
+    a = torch.rand(3, device="cuda")
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3, device="cuda"), a)
