@@ -165,7 +165,7 @@ def _make_agent_class() -> type:
         def first_failure(self, result: Any) -> WorkerFailed:
             global_rank = {w.local_rank: w.global_rank for w in self._worker_group.workers}
             candidates = self.ended_first or list(result.failures.values())
-            failure = min(candidates, key=lambda f: (_is_collateral(f), _when(f), f.local_rank))
+            failure = root_cause(candidates)
             return WorkerFailed(
                 rank=int(global_rank.get(failure.local_rank, failure.local_rank)),
                 exitcode=int(failure.exitcode),
@@ -231,10 +231,15 @@ def _traceback(failure: Any) -> str:
 
 
 def _is_collateral(failure: Any) -> bool:
-    """Died of a peer's death (broken connection), not of its own error or a signal."""
-    if failure.exitcode < 0:  # killed: by the OOM killer, a user, a scheduler -- a root cause
-        return False
+    """Died of a peer's death: its own error says the connection broke. (A worker killed by
+    a signal with no error of its own -- the OOM killer, a user, a scheduler -- is a cause;
+    one that reported a broken connection and then aborted in gloo's teardown is not.)"""
     return any(word in _traceback(failure) for word in _COLLATERAL)
+
+
+def root_cause(failures: list[Any]) -> Any:
+    """The failure that caused the others: not collateral, then the earliest, then lowest rank."""
+    return min(failures, key=lambda f: (_is_collateral(f), _when(f), f.local_rank))
 
 
 def run(
