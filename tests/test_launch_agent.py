@@ -321,3 +321,36 @@ def test_a_requeue_exit_ends_the_job_with_75_instead_of_a_restart(tmp_path: Path
     )
     assert res.returncode == 75, res.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.glob("attempt*")) == ["attempt0-rank0", "attempt0-rank1"]
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "distrib.launch",
+            "--nproc",
+            "2",
+            str(SCRIPTS / "fail.py"),
+            "--out",
+            str(out),
+            "--how",
+            "none",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(pids_in(out)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.kill()  # nothing can be handled: the workers must go by themselves
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids_in(out)):
+        assert time.monotonic() < deadline, "workers outlived their launcher"
+        time.sleep(0.1)

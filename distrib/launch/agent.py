@@ -242,6 +242,14 @@ def root_cause(failures: list[Any]) -> Any:
     return min(failures, key=lambda f: (_is_collateral(f), _when(f), f.local_rank))
 
 
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """A function worker's entry: die with the agent, then run ``fn``."""
+    from distrib.launch.script import die_with_parent
+
+    die_with_parent()
+    return fn(*args)
+
+
 def run(
     config: Any,
     entrypoint: Callable[..., Any] | str,
@@ -283,6 +291,8 @@ def run(
     handler: Any = None
     try:
         handler = registry.get_rendezvous_handler(params)
+        if callable(entrypoint):  # a script goes through distrib.launch.script, which guards
+            entrypoint, args = _guarded, (entrypoint, *args)
         spec = WorkerSpec(
             role="default",
             local_world_size=config.nproc_per_node,

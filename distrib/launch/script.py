@@ -10,12 +10,29 @@ can be blamed for the peer's error. Imports nothing heavy: the script pays for i
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import runpy
+import signal
 import sys
 import time
 import traceback
+
+
+def die_with_parent() -> None:
+    """SIGKILL this worker if the agent that started it dies (Linux ``PR_SET_PDEATHSIG``).
+
+    An agent killed with SIGKILL (an OOM kill, a scheduler, a test's timeout) cannot tear its
+    workers down; without this they live on, holding GPUs and ports. Elsewhere: a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
 
 
 def _user_frames(error: BaseException) -> str:
@@ -63,6 +80,7 @@ exit (seen after an elastic restart)."""
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] not in ("-m", "--"):
         sys.exit("usage: python -m distrib.launch.script (-m MODULE | -- SCRIPT) [args...]")
+    die_with_parent()
     module, target, args = argv[0] == "-m", argv[1], argv[2:]
     sys.argv = [target, *args]
     try:
