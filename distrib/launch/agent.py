@@ -1,6 +1,6 @@
 """Run one node's workers under torch's elastic agent, and report how they ended.
 
-This is torchrun's engine (`LocalElasticAgent` + a rendezvous handler) with four changes torchrun
+This is torchrun's engine (`LocalElasticAgent` + a rendezvous handler) with five changes torchrun
 users work around by hand:
 
 - a failed job names the rank that failed FIRST, with its traceback: a peer that died of the
@@ -9,7 +9,9 @@ users work around by hand:
   SIGKILL, not 30 s: a rank hung in a collective or in user code cannot hold the job;
 - a worker that exits with the requeue code (75: "checkpoint written, requeue me") ends the job
   with 75 instead of being restarted as if it had crashed;
-- when restarts are exhausted the error says so, with the restart count.
+- when restarts are exhausted the error says so, with the restart count;
+- workers die with the agent (``PR_SET_PDEATHSIG``), so a launcher killed by SIGKILL leaves
+  none behind.
 """
 
 from __future__ import annotations
