@@ -36,6 +36,22 @@ def pids_in(d: Path) -> list[int]:
     return [int(p.read_text()) for p in d.glob("rank*.pid")]
 
 
+def start_idle_job(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """Two workers of a script that waits to be signalled, once both have started."""
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [PY, "-m", "distrib.launch", "--nproc", "2", str(SCRIPTS / "fail.py"), "--out", str(out),
+         "--how", "none"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(pids_in(out)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    return proc, out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("how", "expected"),
@@ -167,30 +183,7 @@ def straight_ddp_script(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow
 def test_without_restarts_a_killed_worker_ends_the_job_in_seconds_naming_it(tmp_path: Path):
-    out = tmp_path / "run"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "distrib.launch",
-            "--nproc",
-            "2",
-            str(SCRIPTS / "fail.py"),
-            "--out",
-            str(out),
-            "--how",
-            "none",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while len(pids_in(out)) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc, out = start_idle_job(tmp_path)
     time.sleep(1)
     victim = {int(p.stem[4:]): int(p.read_text()) for p in out.glob("rank*.pid")}[1]
     os.kill(victim, signal.SIGKILL)
@@ -232,30 +225,7 @@ def test_restarts_exhausted_say_so(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signalled_launcher_ends_with_one_line_and_the_signal_code(tmp_path: Path, signum: int):
-    out = tmp_path / "run"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "distrib.launch",
-            "--nproc",
-            "2",
-            str(SCRIPTS / "fail.py"),
-            "--out",
-            str(out),
-            "--how",
-            "none",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while len(pids_in(out)) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc, out = start_idle_job(tmp_path)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     # The script saved nothing: not 75 ("checkpoint written"), but 128 + the signal.
@@ -325,29 +295,7 @@ def test_a_requeue_exit_ends_the_job_with_75_instead_of_a_restart(tmp_path: Path
 
 @pytest.mark.slow
 def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path: Path):
-    out = tmp_path / "run"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "distrib.launch",
-            "--nproc",
-            "2",
-            str(SCRIPTS / "fail.py"),
-            "--out",
-            str(out),
-            "--how",
-            "none",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while len(pids_in(out)) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc, out = start_idle_job(tmp_path)
     proc.kill()  # nothing can be handled: the workers must go by themselves
     proc.wait()
     deadline = time.monotonic() + 10
