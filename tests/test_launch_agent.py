@@ -302,3 +302,16 @@ def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path: Path):
     while any(Path(f"/proc/{pid}").exists() for pid in pids_in(out)):
         assert time.monotonic() < deadline, "workers outlived their launcher"
         time.sleep(0.1)
+
+
+def test_an_error_then_a_signal_death_reports_the_error():
+    from distrib.launch.agent import WorkerFailed
+
+    trace = "Traceback (most recent call last):\n  ...\nValueError: bad shard on rank 1\n"
+    assert str(WorkerFailed(rank=1, exitcode=-6, traceback=trace)) == (
+        "worker rank 1 failed (SIGABRT after an error): ValueError: bad shard on rank 1"
+    )
+    assert (
+        str(WorkerFailed(rank=1, exitcode=-9, traceback=""))
+        == "worker rank 1 was killed by SIGKILL"
+    )

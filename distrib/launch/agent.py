@@ -50,17 +50,19 @@ class WorkerFailed(RuntimeError):
     max_restarts: int = 0
 
     def __str__(self) -> str:
+        lines = [ln for ln in self.traceback.strip().splitlines() if ln.strip()]
         if self.exitcode < 0:
             try:
-                how = f"was killed by {signal.Signals(-self.exitcode).name}"
+                name = signal.Signals(-self.exitcode).name
             except ValueError:
-                how = f"was killed by signal {-self.exitcode}"
-        elif self.traceback.strip():
+                name = f"signal {-self.exitcode}"
+            # A Python error first, then a signal (gloo aborting at exit): the error is the news.
+            how = f"failed ({name} after an error)" if lines else f"was killed by {name}"
+        elif lines:
             how = f"failed (exit code {self.exitcode})"
         else:
             how = f"exited with code {self.exitcode} without a Python traceback"
-        lines = [ln for ln in self.traceback.strip().splitlines() if ln.strip()]
-        last = f": {lines[-1].strip()}" if lines and self.exitcode >= 0 else ""
+        last = f": {lines[-1].strip()}" if lines else ""
         tail = ""
         if self.max_restarts:
             tail = f" after {self.restarts} of {self.max_restarts} restart(s); no restarts left"

@@ -10,6 +10,7 @@ can be blamed for the peer's error. Imports nothing heavy: the script pays for i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -96,7 +97,21 @@ def main(argv: list[str]) -> None:
         # it cannot (no error file: run outside torch's agent).
         if not write_error_file(e):
             print(_user_frames(e), end="", file=sys.stderr)
-        sys.exit(1)
+        _exit_after_error(1)
+
+
+def _exit_after_error(code: int) -> None:
+    """Exit now, after the atexit handlers and with the streams flushed, but without tearing
+    down the interpreter: a live gloo group destroyed at finalization after an uncaught error
+    can abort the process ("terminate called without an active exception", SIGABRT), turning
+    the worker's real error into a signal death."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
