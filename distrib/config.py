@@ -148,16 +148,6 @@ class TrainerConfig:
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
 
 
-_LAUNCHER_KEYS = {
-    "--nproc-per-node": "launcher.nproc",
-    "--nnodes": "launcher.nnodes",
-    "--node-rank": "launcher.node_rank",
-    "--rdzv-endpoint": "launcher.rdzv_endpoint",
-    "--rdzv-timeout": "launcher.rdzv_timeout_s",
-    "--max-restarts": "launcher.max_restarts",
-}
-
-
 @dataclass(kw_only=True)
 class LauncherConfig:
     """How workers are started (``launcher.*``); ignored inside a torchrun or SLURM worker."""
@@ -193,33 +183,14 @@ class LauncherConfig:
         check(self.max_restarts >= 0, "launcher.max_restarts", self.max_restarts, "an integer >= 0")
         grace = self.signal_grace_s
         check(grace > 0, "launcher.signal_grace_s", grace, "seconds > 0")
-        try:
-            self.topology()
-        except ConfigError as e:  # name the config key, not the command-line option
-            key = _LAUNCHER_KEYS.get(e.key, e.key)
-            raise ConfigError(key, e.value, e.allowed) from None
+        check(self.nnodes >= 1, "launcher.nnodes", self.nnodes, "an integer >= 1")
+        # Endpoint, node rank and the rest are checked where they become a launch topology
+        # (`distrib.train.topology`): the worker side never imports the launch side.
 
     @property
     def in_place(self) -> bool:
         """One worker on one node, nothing to restart: train in this process, no agent."""
         return self.nproc == 1 and self.nnodes == 1 and self.max_restarts == 0
-
-    def topology(self) -> Any:
-        """The launch side's `Topology` of these settings."""
-        from distrib.launch.topology import Topology
-
-        return Topology(
-            nproc_per_node=self.nproc,
-            nnodes=self.nnodes,
-            node_rank=self.node_rank,
-            rdzv_endpoint=self.rdzv_endpoint,
-            rdzv_id=self.rdzv_id or "",
-            rdzv_timeout_s=self.rdzv_timeout_s,
-            local_addr=self.local_addr,
-            ifname=self.ifname,
-            max_restarts=self.max_restarts,
-            signal_grace_s=self.signal_grace_s,
-        )
 
 
 @dataclass(kw_only=True)

@@ -93,6 +93,8 @@ def preflight(
     per_rank_batch(cfg.trainer.global_batch_size, world, cfg.trainer.grad_accum)
     local = env.local_world_size if env else cfg.launcher.nproc
     check_devices(cfg.trainer.device, cfg.trainer.backend, local)
+    if env is None:
+        topology(cfg.launcher)  # bad multi-node settings: one line, before anything starts
     if cfg.trainer.resume not in ("auto", "never"):
         check_resume_file(Path(cfg.trainer.resume))
     return cfg
@@ -155,9 +157,10 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
     from distrib.launch.local import Interrupted, WorkerFailed, launch
     from distrib.preemption import REQUEUE_EXIT_CODE
 
-    topology = cfg.launcher.topology()
     try:
-        results = launch(worker_entry, (values, str(run_dir), group), topology=topology)
+        results = launch(
+            worker_entry, (values, str(run_dir), group), topology=topology(cfg.launcher)
+        )
     except WorkerFailed as e:
         if e.exitcode == REQUEUE_EXIT_CODE:  # the workers agreed to stop and checkpointed
             sys.exit(REQUEUE_EXIT_CODE)
@@ -174,6 +177,38 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         print(f"distrib: {e}", file=sys.stderr)
         sys.exit(REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum)
     return results[min(results)]
+
+
+_LAUNCHER_KEYS = {
+    "--nproc-per-node": "launcher.nproc",
+    "--nnodes": "launcher.nnodes",
+    "--node-rank": "launcher.node_rank",
+    "--rdzv-endpoint": "launcher.rdzv_endpoint",
+    "--rdzv-timeout": "launcher.rdzv_timeout_s",
+    "--max-restarts": "launcher.max_restarts",
+}
+
+
+def topology(launcher: Any) -> Any:
+    """The launch side's `Topology` of ``launcher.*``; a bad value names the config key."""
+    from distrib.errors import ConfigError
+    from distrib.launch.topology import Topology
+
+    try:
+        return Topology(
+            nproc_per_node=launcher.nproc,
+            nnodes=launcher.nnodes,
+            node_rank=launcher.node_rank,
+            rdzv_endpoint=launcher.rdzv_endpoint,
+            rdzv_id=launcher.rdzv_id or "",
+            rdzv_timeout_s=launcher.rdzv_timeout_s,
+            local_addr=launcher.local_addr,
+            ifname=launcher.ifname,
+            max_restarts=launcher.max_restarts,
+            signal_grace_s=launcher.signal_grace_s,
+        )
+    except ConfigError as e:  # name the config key, not the command-line option
+        raise ConfigError(_LAUNCHER_KEYS.get(e.key, e.key), e.value, e.allowed) from None
 
 
 def _hydra_main() -> None:
