@@ -166,6 +166,18 @@ class Hosts:
             result.check_returncode()
         return result
 
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL ``proc`` (started by `popen`) and everything it started."""
+        _kill_tree(proc)
+
+    def dump_stacks(self) -> None:
+        """SIGABRT every process in both namespaces: those run with ``PYTHONFAULTHANDLER=1``
+        print every thread's stack to their stderr first, which says where a hang sits."""
+        for i in (0, 1):
+            for pid in self.pids(i):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+
     def pids(self, i: int) -> list[int]:
         """Processes now running inside namespace ``i``."""
         listed = _ip("netns", "pids", self.names[i], check=False)

@@ -32,6 +32,7 @@ ENV = {
     **os.environ,
     "PYTHONPATH": str(ROOT / "tests"),
     "WANDB_MODE": "disabled",
+    "PYTHONFAULTHANDLER": "1",
     "PATH": f"{Path(PY).parent}:{os.environ.get('PATH', '')}",
 }
 
@@ -60,9 +61,22 @@ def on_both_nodes(
             )
         )
     out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
-        out.append((p.returncode, stdout, stderr))
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            out.append((p.returncode, stdout, stderr))
+    except subprocess.TimeoutExpired:
+        # A hang must say where: every Python process in both namespaces prints its stacks
+        # (PYTHONFAULTHANDLER), then both nodes' output goes into the failure.
+        hosts.dump_stacks()
+        time.sleep(3)
+        tails = []
+        for i, p in enumerate(procs):
+            hosts.kill(p)
+            stdout, stderr = p.communicate()
+            tails.append(f"--- node {i}: exit {p.returncode}\n{stderr[-6000:]}")
+        pytest.fail(f"not done within {timeout:.0f} s:\n" + "\n".join(tails))
     return out
 
 
