@@ -236,8 +236,11 @@ def _train(
         run.state.epoch, run.state.consumed = run.state.epoch + 1, 0
         if t.checkpoint.every_epoch:
             run.save({k: float(v) for k, v in result.items()})
-    if result is None:
+    if result is None:  # max_steps ended training mid-epoch: its final evaluation is logged too
         result = evaluate(unwrap(run.model), eval_dl, run.ctx)
+        row = {"epoch": run.state.epoch, "step": run.state.step, **result}
+        run.state.history.append(row)
+        log_all(run.loggers, {k: float(v) for k, v in row.items()}, run.state.step)
     if run.saved_step != run.state.step:
         run.save({k: float(v) for k, v in result.items()})
     return result
