@@ -22,10 +22,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from distrib.errors import ConfigError, check
+from distrib.launcher_config import LauncherConfig
 from distrib.loggers import LOGGERS
 from distrib.wrap import PRECISIONS, DDPConfig
-
-LAUNCHERS = ("local",)
 
 
 @dataclass(kw_only=True)
@@ -146,51 +145,6 @@ class TrainerConfig:
         check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
         check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
-
-
-@dataclass(kw_only=True)
-class LauncherConfig:
-    """How workers are started (``launcher.*``); ignored inside a torchrun or SLURM worker."""
-
-    name: str = "local"
-    """local: torch's elastic launcher on this node (each node of a job runs the command)."""
-    nproc: int = 1
-    """Workers on this node (one per GPU); 1 on one node without restarts trains in place."""
-    max_restarts: int = 0
-    """Times the elastic agent restarts the whole worker group after a failure; the restarted
-    workers resume from the newest good checkpoint of the run directory."""
-    nnodes: int = 1
-    """Nodes in the job (torchrun's --nnodes); every node runs the same command."""
-    node_rank: int | None = None
-    """This node's rank for a static rendezvous (--node-rank); null: c10d assigns ranks."""
-    rdzv_endpoint: str = ""
-    """host:port of the rendezvous on node 0 (--rdzv-endpoint); required when nnodes > 1."""
-    rdzv_id: str | None = None
-    """The job's id on every node (--rdzv-id); also names the run directory outputs/<id>."""
-    rdzv_timeout_s: int = 300
-    """Seconds a node waits for the others to join."""
-    local_addr: str = ""
-    """This node's address as the other nodes reach it (--local-addr)."""
-    ifname: str = ""
-    """Network interface for gloo/NCCL sockets (sets GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME)."""
-    signal_grace_s: float = 30.0
-    """After SIGTERM/SIGUSR1 reach the launcher, how long the workers get to checkpoint before
-    SIGKILL; keep it under the cluster's own grace (SLURM's GraceTime)."""
-
-    def __post_init__(self) -> None:
-        check(self.name in LAUNCHERS, "launcher.name", self.name, " or ".join(LAUNCHERS))
-        check(self.nproc >= 1, "launcher.nproc", self.nproc, "an integer >= 1")
-        check(self.max_restarts >= 0, "launcher.max_restarts", self.max_restarts, "an integer >= 0")
-        grace = self.signal_grace_s
-        check(grace > 0, "launcher.signal_grace_s", grace, "seconds > 0")
-        check(self.nnodes >= 1, "launcher.nnodes", self.nnodes, "an integer >= 1")
-        # Endpoint, node rank and the rest are checked where they become a launch topology
-        # (`distrib.train.topology`): the worker side never imports the launch side.
-
-    @property
-    def in_place(self) -> bool:
-        """One worker on one node, nothing to restart: train in this process, no agent."""
-        return self.nproc == 1 and self.nnodes == 1 and self.max_restarts == 0
 
 
 @dataclass(kw_only=True)

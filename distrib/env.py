@@ -8,8 +8,8 @@ tests) to a frozen `WorkerEnv`. Sources, in order:
 2. A SLURM job step (``srun``): ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``,
    ``SLURM_NODEID``, ``SLURM_TASKS_PER_NODE``; the master is the first host of
    ``SLURM_JOB_NODELIST`` (compressed forms such as ``node[01-04,7]`` are expanded by submitit's
-   parser), the port comes from ``MASTER_PORT`` or is derived from the job id so every task of
-   the step agrees on it without talking.
+   parser); ``MASTER_PORT`` when the job script sets one, else 0: not agreed yet, which
+   `distrib.slurm.join` settles (rank 0 binds a free port and publishes it to the others).
 3. Otherwise a lone process: rank 0 of 1.
 """
 
@@ -106,7 +106,7 @@ def _from_slurm(environ: Mapping[str, str]) -> WorkerEnv:
         local_world_size=local_world,
         node_rank=node_rank,
         master_addr=environ.get("MASTER_ADDR", hosts[0] if hosts else "127.0.0.1"),
-        master_port=int(environ.get("MASTER_PORT", slurm_port(environ))),
+        master_port=int(environ.get("MASTER_PORT", 0)),
         source="slurm",
     )
 
@@ -129,11 +129,3 @@ def expand_tasks_per_node(spec: str) -> list[int]:
             raise ValueError(f"SLURM_TASKS_PER_NODE={spec!r}: cannot parse {part!r}")
         counts += [int(m.group(1))] * int(m.group(2) or 1)
     return counts
-
-
-def slurm_port(environ: Mapping[str, str]) -> int:
-    """A port every task of one job derives alike: 20000 + the job id's last 4 digits."""
-    job = environ.get("SLURM_ARRAY_JOB_ID") or environ.get("SLURM_JOB_ID", "0")
-    task = environ.get("SLURM_ARRAY_TASK_ID", "0")
-    digits = int(re.sub(r"\D", "", job) or 0) + int(re.sub(r"\D", "", task) or 0)
-    return 20000 + digits % 10000

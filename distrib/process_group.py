@@ -152,6 +152,13 @@ def init(
     if _current is not None:
         return _current
     env = read_env(environ)
+    store = None
+    if env.source == "slurm" and env.is_distributed and env.master_port == 0:
+        from distrib.slurm import join  # no port chosen by the job script: agree on one
+
+        environ = os.environ if environ is None else dict(environ)
+        store = join(timeout_s=timeout_s, environ=environ)
+        env = read_env(environ)
     dev = pick_device(device, env.local_rank)
     backend = pick_backend(backend, dev)
     torch.set_num_threads(threads or threads_per_worker(env.local_world_size))
@@ -160,7 +167,8 @@ def init(
     if env.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            init_method=None if store else f"tcp://{env.master_addr}:{env.master_port}",
+            store=store,
             rank=env.rank,
             world_size=env.world_size,
             timeout=timedelta(seconds=timeout_s),

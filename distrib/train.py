@@ -12,6 +12,7 @@ when this process already is a worker (torchrun, SLURM), trains in place (``dist
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,12 @@ def preflight(
     world = env.world_size if env else cfg.launcher.nproc * cfg.launcher.nnodes
     per_rank_batch(cfg.trainer.global_batch_size, world, cfg.trainer.grad_accum)
     local = env.local_world_size if env else cfg.launcher.nproc
-    check_devices(cfg.trainer.device, cfg.trainer.backend, local)
-    if env is None:
+    submitting = env is None and cfg.launcher.name == "slurm"
+    if not submitting:  # a login node's devices say nothing about the job's nodes
+        check_devices(cfg.trainer.device, cfg.trainer.backend, local)
+    if submitting:
+        slurm_options(cfg.launcher)
+    elif env is None:
         topology(cfg.launcher)  # bad multi-node settings: one line, before anything starts
     if cfg.trainer.resume not in ("auto", "never"):
         check_resume_file(Path(cfg.trainer.resume))
@@ -148,11 +153,23 @@ def _task(cfg: Any) -> Any:
 
 def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, Any]:
     """Train in place if this process is a worker (or one is enough), else launch workers."""
-    from distrib.env import is_worker
+    from distrib.env import is_slurm_step, is_worker
     from distrib.loop import fit, worker_entry
 
     if is_worker() or cfg.launcher.in_place:
-        return fit(cfg, run_dir, group=group)
+        if not is_slurm_step(os.environ):
+            return fit(cfg, run_dir, group=group)
+        from distrib.slurm import REQUEUE_EXIT_CODE, join, requeue_or_exit
+
+        join(run_dir / ".distrib", timeout_s=cfg.trainer.timeout_s)  # srun, hydra's submitit
+        try:
+            return fit(cfg, run_dir, group=group)
+        except SystemExit as e:
+            if e.code == REQUEUE_EXIT_CODE:
+                requeue_or_exit(REQUEUE_EXIT_CODE)
+            raise
+    if cfg.launcher.name == "slurm":
+        return _submit(values, cfg, run_dir, group)
     from distrib.launch.agent import RendezvousFailed
     from distrib.launch.local import Interrupted, WorkerFailed, launch
     from distrib.preemption import REQUEUE_EXIT_CODE
@@ -177,6 +194,58 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         print(f"distrib: {e}", file=sys.stderr)
         sys.exit(REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum)
     return results[min(results)]
+
+
+def _submit(values: dict, cfg: Any, run_dir: Path, group: str | None) -> dict[str, Any]:
+    """``launcher=slurm``: submit, say where to look, and with ``launcher.wait`` follow."""
+    from distrib.launch.slurm import SubmitFailed, describe, follow, submit
+    from distrib.slurm import train_task
+
+    try:
+        job = submit(
+            train_task,
+            (values, str(run_dir), group),
+            slurm_options(cfg.launcher),
+            run_dir / "slurm",
+        )
+    except SubmitFailed as e:
+        _fail_run(e)
+    print(describe(job, run_dir), flush=True)
+    if not cfg.launcher.wait:
+        return {"job_id": job.job_id}
+    try:
+        result = follow(
+            job, on_state=lambda s: print(f"distrib: job {job.job_id}: {s}", flush=True)
+        )
+    except Exception as e:  # submitit's FailedJobError: the failed task's log tail included
+        print(str(e).rstrip(), file=sys.stderr)
+        _fail_run(f"SLURM job {job.job_id} failed (logs: {job.paths.stderr})")
+    print(f"distrib: SLURM job {job.job_id} completed", flush=True)
+    return result
+
+
+def _fail_run(error: object) -> None:
+    print(f"distrib: error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def slurm_options(launcher: Any) -> Any:
+    """The launch side's `SlurmOptions` of ``launcher.*`` (checked: errors name the key)."""
+    from distrib.launch.slurm import SlurmOptions
+
+    return SlurmOptions(
+        nodes=launcher.nnodes,
+        tasks_per_node=launcher.nproc,
+        gpus_per_node=launcher.gpus_per_node,
+        cpus_per_task=launcher.cpus_per_task,
+        mem_gb=launcher.mem_gb,
+        partition=launcher.partition,
+        time_min=launcher.time_min,
+        account=launcher.account,
+        qos=launcher.qos,
+        signal_delay_s=launcher.signal_delay_s,
+        sbatch=dict(launcher.sbatch),
+    )
 
 
 _LAUNCHER_KEYS = {

@@ -30,20 +30,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun gives worker ``rank`` of ``world`` on one node (the default of `spawn`)."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+        "GROUP_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
 def _entry(
-    index: int, fn: Callable[..., Any], world: int, port: int, out: str, args: tuple
+    index: int,
+    fn: Callable[..., Any],
+    world: int,
+    port: int,
+    out: str,
+    args: tuple,
+    make_env: Callable[[int, int, int], dict[str, str]],
 ) -> None:
-    os.environ.update(
-        {
-            "RANK": str(index),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(index),
-            "LOCAL_WORLD_SIZE": str(world),
-            "GROUP_RANK": "0",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
+    os.environ.update(make_env(index, world, port))
     import distrib
 
     try:
@@ -55,13 +64,21 @@ def _entry(
 
 
 def spawn(
-    fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 180
+    fn: Callable[..., Any],
+    *args: Any,
+    world_size: int = 2,
+    timeout: float = 180,
+    make_env: Callable[[int, int, int], dict[str, str]] = torchrun_env,
 ) -> list[Any]:
-    """Run ``fn(*args)`` on ``world_size`` gloo workers; return their results by rank."""
+    """Run ``fn(*args)`` on ``world_size`` gloo workers; return their results by rank.
+
+    ``make_env(rank, world, port)`` gives each worker's environment (default: torchrun's);
+    it must be importable (a module-level function), as ``fn`` must.
+    """
     with tempfile.TemporaryDirectory() as out:
         ctx = mp.start_processes(
             _entry,
-            args=(fn, world_size, free_port(), out, args),
+            args=(fn, world_size, free_port(), out, args, make_env),
             nprocs=world_size,
             join=False,
             start_method="spawn",

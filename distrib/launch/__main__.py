@@ -45,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     opt("--local-addr", default="", help="this node's address as the other nodes reach it")
     opt("--ifname", default="", help="network interface for gloo/NCCL sockets")
     opt("--max-restarts", type=int, default=0, help="restarts of the worker group on failure")
+    s = p.add_argument_group("SLURM (--slurm: submit through submitit, one task per worker)")
+    s.add_argument("--slurm", action="store_true", help="submit the job to SLURM")
+    s.add_argument("--partition", default="", help="SLURM partition")
+    s.add_argument("--time-min", type=int, default=60, help="time limit per allocation")
+    s.add_argument("--gpus-per-node", type=int, default=0)
+    s.add_argument("--cpus-per-task", type=int, default=1)
+    s.add_argument("--mem-gb", type=float, default=0)
+    s.add_argument("--account", default="")
+    s.add_argument("--qos", default="")
+    s.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option (repeatable)")  # fmt: skip
+    s.add_argument("--wait", action="store_true", help="follow the job to its end")
+    s.add_argument("--output-dir", default="", help="logs and rendezvous (default outputs/<time>)")
     p.add_argument("-m", dest="module", action="store_true", help="run a module, as python -m")
     p.add_argument("target", help="the script (or with -m, the module) each worker runs")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for it")
@@ -54,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
+    if ns.slurm:
+        return _submit(parser, ns)
     try:
         topology = Topology(
             nproc_per_node=ns.nproc,
@@ -84,6 +99,54 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"distrib: {e}", file=sys.stderr)
         return REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum
+    return 0
+
+
+def _submit(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    """``--slurm``: the script runs in every SLURM task, after `distrib.slurm.join`."""
+    import datetime
+    from pathlib import Path
+
+    from distrib.launch.slurm import SlurmOptions, SubmitFailed, describe, follow, submit
+
+    try:
+        extra = dict(kv.split("=", 1) if "=" in kv else (kv, True) for kv in ns.sbatch)
+        options = SlurmOptions(
+            nodes=ns.nnodes,
+            tasks_per_node=ns.nproc,
+            gpus_per_node=ns.gpus_per_node,
+            cpus_per_task=ns.cpus_per_task,
+            mem_gb=ns.mem_gb,
+            partition=ns.partition,
+            time_min=ns.time_min,
+            account=ns.account,
+            qos=ns.qos,
+            sbatch=extra,
+        )
+    except ConfigError as e:
+        parser.exit(2, f"distrib: error: {e}\n")
+    now = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    run_dir = Path(ns.output_dir or f"outputs/{now}").resolve()
+    from distrib.slurm import script_task
+
+    target = ns.target if ns.module else str(Path(ns.target).resolve())
+    try:
+        job = submit(
+            script_task, (target, ns.args, ns.module, str(run_dir)), options, run_dir / "slurm"
+        )
+    except SubmitFailed as e:
+        print(f"distrib: error: {e}", file=sys.stderr)
+        return 1
+    print(describe(job, run_dir), flush=True)
+    if not ns.wait:
+        return 0
+    try:
+        follow(job, on_state=lambda s: print(f"distrib: job {job.job_id}: {s}", flush=True))
+    except Exception as e:
+        print(str(e).rstrip(), file=sys.stderr)
+        print(f"distrib: error: SLURM job {job.job_id} failed ({ns.target})", file=sys.stderr)
+        return 1
+    print(f"distrib: SLURM job {job.job_id} completed", flush=True)
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real, throw-away SLURM cluster on this host for the SLURM system tests (run as root).
-#   tests/slurm/cluster.sh start [--nodes 1|2] [--preempt]   install + start, wait until idle,
-#                                                          print `export SLURM_CONF=...`
+#   tests/slurm/cluster.sh start [--nodes 1|2] [--preempt] [--cpus N]
+#                                      install + start, wait until idle, print `export SLURM_CONF=...`
+#                                      (--cpus: CPUs each node declares, default the machine's)
 #   tests/slurm/cluster.sh stop      stop the daemons this script started (by pid file)
 #   tests/slurm/cluster.sh status    print sinfo, or "not running"
 # Daemons: munged, mariadbd (TCP 127.0.0.1:13306), slurmdbd, slurmctld, slurmd (one node named
@@ -47,21 +48,26 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# node_lines NODES: NodeName lines with this machine's CPUs/memory (split between two nodes).
+# node_lines NODES CPUS: NodeName lines with this machine's memory (split between two nodes)
+# and its CPUs, or CPUS per node when given (more than the machine has: slurmd is told to
+# trust the configuration, so a 2-core machine can hold two 2-task jobs per node).
 node_lines() {
     local cpus mem
     cpus=$(nproc); mem=$(free -m | awk '/^Mem:/ {print $2}')
+    [ "$2" = 0 ] || echo "SlurmdParameters=config_overrides"
     if [ "$1" = 1 ]; then
+        [ "$2" = 0 ] || cpus=$2
         echo "NodeName=$HOST CPUs=$cpus RealMemory=$mem State=UNKNOWN"
         echo "SlurmdPort=6818"
     else
         cpus=$((cpus / 2 > 0 ? cpus / 2 : 1)); mem=$((mem / 2))
+        [ "$2" = 0 ] || cpus=$2
         echo "NodeName=n1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17001 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
         echo "NodeName=n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17002 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
     fi
 }
 
-# write_conf NODES PREEMPT: slurm.conf to stdout.
+# write_conf NODES PREEMPT CPUS: slurm.conf to stdout.
 write_conf() {
     cat <<EOF
 ClusterName=$CLUSTER
@@ -88,11 +94,11 @@ SlurmctldLogFile=$S/log/slurmctld.log
 SlurmdLogFile=$S/log/slurmd-%n.log
 SlurmctldPort=6817
 EOF
-    node_lines "$1"
+    node_lines "$1" "$3"
     if [ "$2" = 1 ]; then
         echo "PreemptType=preempt/partition_prio"
         echo "PreemptMode=REQUEUE"
-        echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+        echo "PartitionName=debug Nodes=ALL Default=YES PreemptMode=OFF MaxTime=INFINITE State=UP"
         echo "PartitionName=low Nodes=ALL PriorityTier=1 GraceTime=20 PreemptMode=REQUEUE MaxTime=INFINITE State=UP"
         echo "PartitionName=high Nodes=ALL PriorityTier=10 MaxTime=INFINITE State=UP"
     else
@@ -223,10 +229,11 @@ stop_all() {
 }
 
 cmd_start() {
-    local nodes=1 preempt=0
+    local nodes=1 preempt=0 cpus=0
     while [ $# -gt 0 ]; do
         case $1 in
             --nodes) nodes=${2:-}; shift 2 ;;
+            --cpus) cpus=${2:-}; shift 2 ;;
             --preempt) preempt=1; shift ;;
             *) die "unknown option $1" ;;
         esac
@@ -235,7 +242,8 @@ cmd_start() {
     [ "$(id -u)" = 0 ] || die "run as root"
     install_packages
     mkdir -p "$S"/{etc,ctld,spool,run,log}
-    write_conf "$nodes" "$preempt" >"$S/etc/slurm.conf.new"
+    [[ "$cpus" =~ ^[0-9]+$ ]] || die "--cpus must be a number of CPUs per node"
+    write_conf "$nodes" "$preempt" "$cpus" >"$S/etc/slurm.conf.new"
     if ! cmp -s "$S/etc/slurm.conf.new" "$CONF"; then
         stop_all >/dev/null  # configuration changed: restart everything with the new one
         mv "$S/etc/slurm.conf.new" "$CONF"
@@ -254,5 +262,5 @@ case ${1:-} in
     start) shift; cmd_start "$@" ;;
     stop) stop_all ;;
     status) if running "$S/run/slurmctld.pid" slurmctld; then sinfo; else echo "not running"; fi ;;
-    *) die "usage: $0 start [--nodes 1|2] [--preempt] | stop | status" ;;
+    *) die "usage: $0 start [--nodes 1|2] [--preempt] [--cpus N] | stop | status" ;;
 esac
