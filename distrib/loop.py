@@ -3,7 +3,7 @@
 Order of a run (each a function below): join the job (`session`) with preemption signals
 caught, seed equally on every rank, build the model and wrap it, build the optimizer over the
 *wrapped* parameters, shard the data, resume from a checkpoint, then per epoch: train with
-gradient accumulation, evaluate exactly, log, save. SIGTERM/SIGUSR1 finish the current step,
+gradient accumulation, evaluate exactly, log, save. SIGTERM/SIGUSR1/SIGUSR2 finish the current step,
 save, and exit with `REQUEUE_EXIT_CODE`. Users with their own script call the same pieces
 through the public API instead.
 """

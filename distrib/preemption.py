@@ -1,6 +1,6 @@
 """Stop cleanly when the cluster says "you are about to be killed", then ask to be requeued.
 
-SLURM (``#SBATCH --signal=USR1@90``, or SIGTERM at the end of the time limit / on preemption)
+SLURM (``#SBATCH --signal=USR1@90``, submitit's USR2, or SIGTERM at the end of the time limit / on preemption)
 and torchrun (which forwards SIGTERM to its workers) give a job a grace period before SIGKILL.
 The intended use in a training loop::
 
@@ -34,7 +34,9 @@ REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL from sysexits.h: "temporary failure, try again" -- the exit a requeue wrapper
 (or a SLURM ``--requeue`` epilog) recognises as "preempted, state saved", not "crashed"."""
 
-DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+"""SIGTERM: preemption and scancel; SIGUSR1: ``#SBATCH --signal=USR1@90``; SIGUSR2: what
+submitit asks SLURM for before the time limit (``launcher=slurm``)."""
 
 
 class PreemptionFlag:

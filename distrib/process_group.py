@@ -120,8 +120,15 @@ def check_devices(device: str, backend: str, local_workers: int) -> None:
         )
 
 
-def threads_per_worker(local_world_size: int) -> int:
-    """Cores / local workers, at least one: more threads than cores makes workers fight."""
+def threads_per_worker(local_world_size: int, environ: Mapping[str, str] | None = None) -> int:
+    """Cores / local workers, at least one: more threads than cores makes workers fight.
+
+    In a SLURM step, the cores SLURM gave the task (``SLURM_CPUS_PER_TASK``): a node shared
+    with other jobs is not ours to divide, even where SLURM does not pin the cores.
+    """
+    environ = os.environ if environ is None else environ
+    if "SLURM_STEP_ID" in environ and environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(environ["SLURM_CPUS_PER_TASK"]))
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -161,7 +168,7 @@ def init(
         env = read_env(environ)
     dev = pick_device(device, env.local_rank)
     backend = pick_backend(backend, dev)
-    torch.set_num_threads(threads or threads_per_worker(env.local_world_size))
+    torch.set_num_threads(threads or threads_per_worker(env.local_world_size, environ))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if env.world_size > 1 and not dist.is_initialized():

@@ -21,7 +21,7 @@ def wait_for(flag: preemption.PreemptionFlag, timeout: float = 5.0) -> bool:
     return flag.requested
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
 def test_signal_sets_the_flag(signum: int) -> None:
     with preemption.install() as flag:
         assert not flag.requested and flag.signal is None

@@ -47,6 +47,8 @@ def test_threads_split_cores():
     assert threads_per_worker(1) == cores
     assert threads_per_worker(2) == max(1, cores // 2)
     assert threads_per_worker(10**6) == 1
+    slurm = {"SLURM_STEP_ID": "0", "SLURM_CPUS_PER_TASK": "3"}
+    assert threads_per_worker(1, slurm) == 3  # SLURM's allotment, not the node's cores
 
 
 def _join_and_report() -> dict:

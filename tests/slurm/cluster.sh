@@ -82,6 +82,7 @@ SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
 SchedulerParameters=bf_interval=5,sched_interval=5
+EnforcePartLimits=ALL
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 JobCompType=jobcomp/none
