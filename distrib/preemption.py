@@ -1,7 +1,8 @@
 """Stop cleanly when the cluster says "you are about to be killed", then ask to be requeued.
 
-SLURM (``#SBATCH --signal=USR1@90``, submitit's USR2, or SIGTERM at the end of the time limit / on preemption)
-and torchrun (which forwards SIGTERM to its workers) give a job a grace period before SIGKILL.
+SLURM (``#SBATCH --signal=USR1@90``, submitit's USR2, or SIGTERM at the end of the time
+limit / on preemption) and torchrun (which forwards SIGTERM to its workers) give a job a grace
+period before SIGKILL.
 The intended use in a training loop::
 
     flag = distrib.preemption.install()          # main thread, once, before training

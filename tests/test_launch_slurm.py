@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -202,7 +201,7 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_bit_identical(tmp_path: P
             timeout=120,
         ), "the low-priority job never got going"
         high = subprocess.run(
-            ["sbatch", "-p", "high", "-w", "n2", "-n", "8", "--wrap", "sleep 3"],
+            ["sbatch", "-p", "high", "-N", "1", "-w", "n2", "-n", "8", "--wrap", "sleep 3"],
             capture_output=True, text=True, env=env, timeout=30,
         )  # fmt: skip
         assert high.returncode == 0, high.stderr

@@ -23,7 +23,7 @@ from distrib.errors import ConfigError
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 29400  # torchrun's default rendezvous port
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
-"""The agent passes these on to the workers; SIGUSR1/2 are the cluster's "checkpoint and requeue"."""
+"""The agent passes these on to the workers; SIGUSR1/2 mean "checkpoint and requeue"."""
 
 
 @dataclass(frozen=True, kw_only=True)
