@@ -233,3 +233,76 @@ def test_a_job_longer_than_its_time_limit_requeues_itself_until_done(tmp_path: P
     assert text.count("accepted") >= 1, text[-3000:]
     steps = _train_steps(tmp_path / "run")
     assert steps == sorted(set(steps)) and steps[-1] == 96
+
+
+SWEEP = [
+    "-m", "optim.lr=0.1,0.05,0.02", "model=mlp", "data=synthetic", "data.size=480",
+    "trainer.epochs=1", "trainer.max_steps=6",
+]  # fmt: skip
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether jobs ``a`` and ``b`` ran at the same time (sacct's start and end)."""
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "Start,End", "-j", f"{a},{b}"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout.split()  # fmt: skip
+    (s1, e1), (s2, e2) = (line.split("|") for line in out[:2])
+    return s1 < e2 and s2 < e1
+
+
+def _finals(sweep: Path) -> list[tuple[str, dict]]:
+    from distrib.sweep import summarize
+
+    return [
+        (r["overrides"].split()[0], {k: v for k, v in r.items() if k.startswith("eval_")})
+        for r in summarize(sweep)
+    ]
+
+
+@cluster
+@pytest.mark.slurm
+def test_a_sweep_through_hydras_submitit_launcher_runs_each_point_as_a_ddp_job(
+    tmp_path: Path, slurm_env
+):
+    basic = run_cli(PY, "-m", "distrib.train", *SWEEP, "launcher.nproc=2",
+                    f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled", **slurm_env}
+    env["PATH"] = f"{Path(PY).parent}:{env['PATH']}"
+    before = {ln.split()[0] for ln in slurm_cluster.squeue("-o", "%F")}
+    sweep = subprocess.Popen(
+        [PY, "-m", "distrib.train", *SWEEP, "hydra/launcher=submitit_slurm",
+         "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5",
+         "+hydra.launcher.additional_parameters.nodelist=n1", "hydra.launcher.array_parallelism=1",
+         f"hydra.sweep.dir={tmp_path / 'slurm'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        arrays: set[str] = set()
+        assert slurm_cluster.wait_until(
+            lambda: bool(arrays.update({ln.split()[0] for ln in slurm_cluster.squeue("-o", "%F")})
+                         or arrays - before),
+            timeout=60, every=0.2,
+        ), "the sweep's job array never showed up"  # fmt: skip
+        array = int(min(arrays - before))
+        # The next job gets an id array + k (k = 1 or 2: SLURM numbers array tasks as they
+        # start), which the old port rule (20000 + id % 10000, array tasks adding their index)
+        # also gave array task k. The tasks run one at a time, so task k starts while that
+        # job still trains on n1: under the old rule they met on one port.
+        (tmp_path / "next").mkdir()
+        nxt = submit(tmp_path / "next", slurm_env, *SLOW, "trainer.epochs=6",
+                     "launcher.nproc=2", "+launcher.sbatch.nodelist=n1")  # fmt: skip
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert nxt.returncode == 0, nxt.stdout[-2000:] + nxt.stderr[-3000:]
+    k = int(job_id(nxt.stdout)) - array
+    assert k in (1, 2), f"job {job_id(nxt.stdout)} after array {array}"
+    assert _overlap(f"{array}_{k}", str(array + k)), f"array task {k} and the next job never met"
+    assert sweep.returncode == 0, out[-2000:] + err[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "slurm").iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1", "2"]  # one directory per point, none per rank
+    assert (tmp_path / "slurm" / "summary.md").read_text() in out
+    assert _finals(tmp_path / "slurm") == _finals(tmp_path / "basic")
+    assert len({str(m) for _, m in _finals(tmp_path / "slurm")}) == 3
