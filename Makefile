@@ -25,7 +25,7 @@ demo: venv
 
 test: venv
 	@bash tests/system_deps.sh || echo "make test: system packages missing; their tests skip (CI installs them as root)"
-	$(BIN)/python -m pytest -q
+	PY=$(BIN)/python bash tests/run.sh
 
 lint: venv
 	$(BIN)/ruff check distrib tests launchers examples

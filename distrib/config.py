@@ -185,6 +185,8 @@ def run_id(environ: typing.Mapping[str, str] | None = None, *, rdzv_id: str | No
     if rdzv_id and rdzv_id not in ("None", "null"):
         return rdzv_id
     rdzv = environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rdzv.startswith("slurm-"):  # a SLURM task after `distrib.slurm.join`: the job's name
+        return rdzv
     if "RANK" in environ and rdzv not in ("", "none"):
         return f"torchrun-{rdzv}"
     if "SLURM_JOB_ID" in environ and "SLURM_PROCID" in environ:

@@ -2,6 +2,7 @@
 # Install the system packages the system tests need, when missing. Idempotent; prints nothing
 # when everything is already there. Run as root (CI does): sudo tests/system_deps.sh
 #   iproute2: `ip netns` for tests/netns.py (two hosts on one machine).
+#   slurm-wlm, munge, slurmdbd, mariadb-server: the SLURM cluster of tests/slurm/cluster.sh.
 set -euo pipefail
 
 missing=()
@@ -14,9 +15,11 @@ need() {
 }
 
 need ip iproute2
-# --- SLURM system tests (add here when they land), e.g.:
-# need slurmctld slurm-wlm
-# need munged munge
+# the local SLURM cluster (tests/slurm/cluster.sh): daemons, accounting (sacct, job states)
+need slurmctld slurm-wlm
+need munged munge
+need slurmdbd slurmdbd
+need mariadbd mariadb-server
 
 [ "${#missing[@]}" -eq 0 ] && exit 0
 

@@ -77,6 +77,13 @@ def test_run_id_is_shared_by_the_workers_of_one_job():
     tr = {"RANK": "1", "TORCHELASTIC_RUN_ID": "abc"}
     assert run_id(tr) == run_id({**tr, "RANK": "0"}) == "torchrun-abc"
     assert run_id({"SLURM_JOB_ID": "7", "SLURM_PROCID": "3"}) == "slurm-7"
+    joined = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_PROCID": "3",
+        "RANK": "3",
+        "TORCHELASTIC_RUN_ID": "slurm-7",
+    }
+    assert run_id(joined) == "slurm-7"  # after distrib.slurm.join, still the job's directory
     assert (
         run_id(
             {

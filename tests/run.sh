@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make test`: the whole suite, in two groups run side by side, then the SLURM cluster stopped.
+#   - the SLURM group (-m slurm): jobs on the local cluster (tests/slurm/cluster.sh, started
+#     here when this machine can run it); mostly waiting on the scheduler, so it overlaps well
+#   - everything else
+# Extra arguments go to both pytest runs. Exit status: non-zero if either group failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+TMP=${TMPDIR:-/tmp}/distrib-tests
+mkdir -p "$TMP"
+
+started=0
+stop_cluster() { [ "$started" = 1 ] && bash tests/slurm/cluster.sh stop >/dev/null 2>&1; }
+trap stop_cluster EXIT
+
+slurm_status=0
+if [ "$(id -u)" = 0 ]; then
+    if out=$(bash tests/slurm/cluster.sh start --nodes 2 --preempt --cpus 8 2>&1); then
+        started=1
+        eval "$(grep '^export SLURM_CONF=' <<<"$out")"
+    else
+        echo "$out" >&2
+        echo "run.sh: the local SLURM cluster did not start; its tests will say why" >&2
+    fi
+fi
+
+"$PY" -m pytest -q -m slurm --basetemp="$TMP/slurm" -p no:cacheprovider "$@" >"$TMP/slurm.log" 2>&1 &
+slurm_pid=$!
+"$PY" -m pytest -q -m "not slurm" --basetemp="$TMP/main" "$@"
+main_status=$?
+wait "$slurm_pid" || slurm_status=$?
+echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster)"
+cat "$TMP/slurm.log"
+# pytest exits 5 when a group selected no test (e.g. a file filter outside it): not a failure
+[ "$slurm_status" = 5 ] && slurm_status=0
+[ "$main_status" = 5 ] && main_status=0
+exit $(( main_status != 0 || slurm_status != 0 ))
