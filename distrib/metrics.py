@@ -55,6 +55,19 @@ class Metrics:
     def __init__(self) -> None:
         self._sums: dict[str, list[float]] = {}  # name -> [sum(value * weight), sum(weight)]
         self._per_rank: dict[str, list[float]] = {}  # same, but reduced to one value per rank
+        self._device_sums: dict[str, tuple[torch.Tensor, float]] = {}  # name -> (sum, weight)
+
+    def add_device_sum(self, name: str, total: torch.Tensor, weight: float) -> None:
+        """Add to a global weighted mean whose numerator (``sum(value * weight)``, a 0-d tensor)
+        still lives on the device: it is read back only by `compute`, in the same single
+        transfer as everything else, so the training step never waits for the device."""
+        if name in self._sums or name in self._per_rank:
+            raise ValueError(f"metric {name!r} was added both on the device and on the host")
+        held = self._device_sums.get(name)
+        total = total.detach().reshape(())
+        self._device_sums[name] = (
+            (held[0] + total, held[1] + float(weight)) if held else (total, float(weight))
+        )
 
     def add(self, name: str, value: float, weight: float = 1.0) -> None:
         """Add to a weighted mean: the result is sum(value * weight) / sum(weight), all ranks."""
@@ -92,12 +105,13 @@ class Metrics:
 
     def names(self) -> list[str]:
         """The names added since the last `compute`, sorted."""
-        return sorted([*self._sums, *self._per_rank])
+        return sorted([*self._sums, *self._per_rank, *self._device_sums])
 
     def reset(self) -> None:
         """Drop what was accumulated (done by `compute`)."""
         self._sums.clear()
         self._per_rank.clear()
+        self._device_sums.clear()
 
     def compute(self, ctx: Context | None = None) -> dict[str, float]:
         """Reduce over all ranks with exactly one ``all_reduce``, reset, return global values.
@@ -109,22 +123,29 @@ class Metrics:
         rank = dist.get_rank() if distributed else 0
         world = dist.get_world_size() if distributed else 1
         means, spreads = sorted(self._sums), sorted(self._per_rank)
+        on_device = sorted(self._device_sums)
         packed = [0.0] * world  # slot r: rank r's hash of the names it added
-        packed[rank] = float(_names_hash(means, spreads))
+        packed[rank] = float(_names_hash(means + on_device, spreads))
         for name in means:
             packed += self._sums[name]
         for name in spreads:
             block = [0.0] * world
             block[rank] = _ratio(*self._per_rank[name])
             packed += block
-        tensor = torch.tensor(packed, dtype=torch.float64)
+        packed += [self._device_sums[name][1] for name in on_device]
+        ctx = ctx or current()
+        # nccl reduces device tensors only; gloo wants CPU ones
+        where = ctx.device if distributed and ctx.backend == "nccl" else torch.device("cpu")
+        tensor = torch.tensor(packed, dtype=torch.float64).to(where, non_blocking=True)
+        if on_device:
+            sums = torch.stack(
+                [self._device_sums[n][0].to(where, torch.float64) for n in on_device]
+            )
+            tensor = torch.cat([tensor, sums])
         if distributed:
-            ctx = ctx or current()
-            if ctx.backend == "nccl":  # nccl reduces device tensors only; gloo wants CPU
-                tensor = tensor.to(ctx.device)
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        values = tensor.cpu().tolist()
-        _check_same_names(values[:world], rank, means + spreads)
+        values = tensor.tolist()  # the one read-back (on a GPU: the one wait for the device)
+        _check_same_names(values[:world], rank, means + on_device + spreads)
         out: dict[str, float] = {}
         pos = world
         for name in means:
@@ -136,6 +157,9 @@ class Metrics:
             out[f"{name}_mean"] = math.fsum(per_rank) / world
             out[f"{name}_max"] = max(per_rank)
             pos += world
+        n = len(on_device)
+        for name, weight, total in zip(on_device, values[pos : pos + n], values[pos + n :]):
+            out[name] = _ratio(total, weight)
         self.reset()
         return out
 
@@ -173,8 +197,9 @@ class StepTimer:
 
     Data wait is the time inside the loader's ``next()``: from the end of the previous
     micro-batch's work to the batch being available, including worker startup on the first one.
-    On CUDA `step_done` synchronizes the device, so step times are compute, not just launches
-    (the host-side wait can overlap GPU work that is still queued).
+    On CUDA, ``step_done(sync=True)`` (the training loop: at log steps only) first waits for
+    the device, so the steps of a log window add up to their true wall time while the steps in
+    between never make the host wait.
 
     Example::
 
@@ -212,9 +237,9 @@ class StepTimer:
             yield item
             t0 = self._clock()
 
-    def step_done(self) -> StepTime:
+    def step_done(self, sync: bool = True) -> StepTime:
         """End the current step: its wall time and data wait; the next step starts now."""
-        if self._sync:
+        if self._sync and sync:
             torch.cuda.synchronize(self._device)
         now = self._clock()
         out = StepTime(now - self._start, self._wait)
@@ -238,23 +263,44 @@ _LOSS, _SAMPLES, _WAIT, _STEP, _MEMORY = "loss", "samples", "data_wait", "step_t
 
 
 def record_step(
-    metrics: Metrics, *, loss: float, samples: int, step_s: float, data_wait_s: float
+    metrics: Metrics,
+    *,
+    loss: float | torch.Tensor,
+    samples: int,
+    step_s: float,
+    data_wait_s: float,
 ) -> None:
     """Add one optimizer step of this rank under the names `summarize` reads.
 
-    ``loss`` is the step's mean loss on this rank, ``samples`` the samples this rank processed
-    in the step (all micro-batches together).
+    ``loss`` is the step's mean loss on this rank -- a float, or a 0-d tensor left on the
+    device (read back at the log step, with everything else) -- and ``samples`` the samples
+    this rank processed in the step (all micro-batches together).
     """
-    metrics.add(_LOSS, loss, weight=samples)
+    if isinstance(loss, torch.Tensor):
+        metrics.add_device_sum(_LOSS, loss.detach().double() * samples, weight=samples)
+    else:
+        metrics.add(_LOSS, loss, weight=samples)
     metrics.add_ratio(_SAMPLES, samples, step_s)  # samples per second of step, per rank
     metrics.add_ratio(_WAIT, data_wait_s, step_s)  # share of step time spent waiting
     metrics.add_per_rank(_STEP, step_s)
 
 
-def report(metrics: Metrics, ctx: Context, *, epoch: int, step: int, lr: float) -> dict[str, float]:
-    """Reduce the window (one collective; call on every rank) and return the logged row."""
+_STOP = "stop_requested"
+
+
+def report(
+    metrics: Metrics, ctx: Context, *, epoch: int, step: int, lr: float, stop: bool = False
+) -> dict[str, float]:
+    """Reduce the window (one collective; call on every rank) and return the logged row.
+
+    ``stop`` is this rank's vote to stop (a preemption signal arrived here); it travels in the
+    same all_reduce, and the row's ``stop_requested`` is 1.0 on every rank when any rank voted.
+    """
     metrics.add_per_rank(_MEMORY, peak_memory_mb(ctx.device))
-    return summarize(metrics.compute(ctx), world_size=ctx.world_size, epoch=epoch, step=step, lr=lr)
+    metrics.add_ratio(_STOP, float(stop), 1.0)
+    row = summarize(metrics.compute(ctx), world_size=ctx.world_size, epoch=epoch, step=step, lr=lr)
+    row[_STOP] = float(row[_STOP] > 0)
+    return row
 
 
 def summarize(

@@ -82,3 +82,94 @@ def test_every_steps_checkpoints_land_on_epoch_ends_too(tmp_path):
     )
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))
     assert names == ["step-00000025.pt", "step-00000050.pt"]
+
+
+_BLOCKING_TENSOR = ("item", "tolist", "cpu")
+_BLOCKING_DIST = (
+    "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor",
+    "reduce", "gather", "scatter", "barrier", "monitored_barrier", "all_gather_object",
+    "broadcast_object_list",
+)  # fmt: skip
+
+
+def _count_blocking_calls(values: dict) -> int:
+    """``fit`` with every call that makes the host wait (for the device, or for the other
+    ranks) counted: ``Tensor.item/tolist/cpu``, ``torch.cuda.synchronize`` and the collectives
+    of ``torch.distributed``. DDP's own gradient all-reduce runs in its C++ reducer, overlapped
+    with the backward pass, and is not counted."""
+    import torch.distributed as dist
+
+    counts = [0]
+
+    def counted(fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            counts[0] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    for name in _BLOCKING_TENSOR:
+        setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+    torch.cuda.synchronize = counted(torch.cuda.synchronize)
+    for name in _BLOCKING_DIST:
+        setattr(dist, name, counted(getattr(dist, name)))
+    fit(to_config(values), None)
+    return counts[0]
+
+
+def test_the_training_step_makes_the_host_wait_at_most_once_per_five_steps():
+    # Per optimizer step, by difference of two run lengths in one epoch (setup, evaluation and
+    # the epoch's own bookkeeping cancel out), at log_every=10: the log step's one all_reduce
+    # and one read-back; nothing on the other steps.
+    def run(steps: int) -> dict:
+        values = small_run(epochs=1, max_steps=steps, log_every=10, global_batch_size=16)
+        values["data"]["train"]["size"] = 16 * 400 * 5 // 4  # 400 steps of train data
+        return values
+
+    short = spawn(_count_blocking_calls, run(100), world_size=2)
+    long = spawn(_count_blocking_calls, run(300), world_size=2)
+    per_step = [(b - a) / 200 for a, b in zip(short, long, strict=True)]
+    assert max(per_step) <= 0.2, per_step
+
+
+class _SignalAt(torch.utils.data.Dataset):
+    """Synthetic data that sends this process SIGUSR1 when item ``at`` is served."""
+
+    def __init__(self, at: int) -> None:
+        from distrib.datasets import synthetic
+
+        self.data, self.at, self.served = synthetic("train", size=4000, features=16), at, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        import os
+        import signal
+
+        self.served += 1
+        if self.served == self.at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return self.data[i]
+
+
+def _stopped_at(values: dict, run_dir: str) -> tuple[object, list[str]]:
+    from pathlib import Path
+
+    try:
+        fit(to_config(values), Path(run_dir))
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    return code, sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step-*.pt"))
+
+
+def test_a_preemption_signal_stops_within_ten_steps_even_when_logging_is_rare(tmp_path):
+    # No per-step vote any more: it rides on the log step, plus one every 10 steps. Signalled
+    # during step 23 (16 samples a step), the job must save and stop by step 30, not step 100.
+    values = small_run(epochs=1, log_every=100, global_batch_size=16)
+    values["data"]["train"] = {"_target_": "test_loop._SignalAt", "at": 16 * 22 + 5}
+    values["trainer"]["checkpoint"] = {"every_epoch": False}
+    ((code, saved),) = spawn(_stopped_at, values, str(tmp_path), world_size=1)
+    assert code == 75
+    assert saved == ["step-00000030.pt"], saved

@@ -71,6 +71,12 @@ def _aggregate_on_two_ranks() -> dict:
         m.add_per_rank("step_time", 0.5)
     for i in reversed(range(30)):  # many metrics, added in another order than sorted
         m.add(f"m{i:02d}", float(i * (r + 1)))
+    # a sum still on the device, added twice on rank 1: (1*2) and (4*1 + 4*2) -> 14 / 5
+    if r == 0:
+        m.add_device_sum("dev_loss", torch.tensor(2.0), weight=2)
+    else:
+        m.add_device_sum("dev_loss", torch.tensor(4.0), weight=1)
+        m.add_device_sum("dev_loss", torch.tensor(8.0), weight=2)
     first = m.compute(ctx)
     after_first = dict(calls)
     m.add("loss", float(r))  # the window was reset: only this round's values count
@@ -108,6 +114,7 @@ def test_exact_global_weighted_mean_and_extremes(two_ranks):
         assert out["step_time_mean"] == pytest.approx(0.35)
         for i in range(30):
             assert out[f"m{i:02d}"] == pytest.approx((i * 1 + i * 2) / 2)
+        assert out["dev_loss"] == pytest.approx(14 / 5)
     assert two_ranks[0]["first"] == two_ranks[1]["first"]
 
 
