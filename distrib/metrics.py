@@ -158,7 +158,9 @@ class Metrics:
             out[f"{name}_max"] = max(per_rank)
             pos += world
         n = len(on_device)
-        for name, weight, total in zip(on_device, values[pos : pos + n], values[pos + n :]):
+        for name, weight, total in zip(
+            on_device, values[pos : pos + n], values[pos + n :], strict=True
+        ):
             out[name] = _ratio(total, weight)
         self.reset()
         return out
