@@ -82,7 +82,10 @@ class TrainerConfig:
     rank that never arrived. 10 min covers a slow step or a big synchronous save on rank 0;
     use 30 while debugging a hang."""
     num_workers: int = 0
-    """DataLoader worker processes per rank."""
+    """DataLoader worker processes per rank (0: in-memory TensorDatasets, the built-in ones,
+    are served whole batches by index instead, which is faster than any DataLoader)."""
+    data_on_device: bool = False
+    """Keep an in-memory (TensorDataset) dataset on the GPU and gather batches there."""
     drop_last: bool = True
     """Drop the epoch's tail that does not fill a whole global batch (exact W-independence)."""
     deterministic: bool = False

@@ -104,12 +104,14 @@ def fit(
             drop_last=t.drop_last,
             accum=t.grad_accum,
             num_workers=t.num_workers,
+            on_device=t.data_on_device,
         )
         eval_dl = eval_loader(
             build(cfg.data["eval"]),
             batch_size=t.eval_batch_size,
             ctx=ctx,
             num_workers=t.num_workers,
+            on_device=t.data_on_device,
         )
         c = t.checkpoint
         ckpt = Checkpointer(

@@ -101,3 +101,51 @@ def test_dataloader_workers_are_seeded_by_seed_rank_and_worker():
     assert first == again  # reproducible
     flat = [v for r in first for b in r for v in b]
     assert len(set(flat)) == len(flat)  # but no two ranks/workers share a stream
+
+
+def _both_loaders(world: int, rank: int):  # type: ignore[no-untyped-def]
+    from torch.utils.data import default_collate
+
+    from distrib.data import TensorBatches, loader
+    from distrib.env import WorkerEnv
+    from distrib.process_group import Context
+
+    ctx = Context(
+        env=WorkerEnv(rank=rank, world_size=world), device=torch.device("cpu"), backend="gloo"
+    )
+    data = TensorDataset(torch.randn(203, 5), torch.arange(203))
+    fast = loader(data, batch_size=24, ctx=ctx, seed=7, drop_last=False)
+    slow = loader(data, batch_size=24, ctx=ctx, seed=7, drop_last=False, collate_fn=default_collate)
+    assert isinstance(fast, TensorBatches) and not isinstance(slow, TensorBatches)
+    return fast, slow
+
+
+@pytest.mark.parametrize("world, rank", [(1, 0), (2, 1), (3, 2)])
+def test_tensor_batches_are_the_dataloaders_batches_in_every_epoch_and_after_a_resume(
+    world: int, rank: int
+):
+    fast, slow = _both_loaders(world, rank)
+    for epoch, consumed in [(0, 0), (1, 0), (2, 48 * world)]:
+        fast.sampler.set_position(epoch, consumed)
+        slow.sampler.set_position(epoch, consumed)
+        a, b = list(fast), list(slow)
+        assert len(a) == len(b) == len(fast) == len(slow)
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_eval_tensor_batches_cover_each_sample_once():
+    from distrib.data import TensorBatches, eval_loader
+    from distrib.env import WorkerEnv
+    from distrib.process_group import Context
+
+    data = TensorDataset(torch.arange(101))
+    seen = []
+    for rank in range(3):
+        ctx = Context(
+            env=WorkerEnv(rank=rank, world_size=3), device=torch.device("cpu"), backend="gloo"
+        )
+        dl = eval_loader(data, batch_size=10, ctx=ctx)
+        assert isinstance(dl, TensorBatches)
+        seen += [int(v) for (x,) in dl for v in x]
+    assert sorted(seen) == list(range(101))
