@@ -84,8 +84,9 @@ class TrainerConfig:
     num_workers: int = 0
     """DataLoader worker processes per rank (0: in-memory TensorDatasets, the built-in ones,
     are served whole batches by index instead, which is faster than any DataLoader)."""
-    data_on_device: bool = False
-    """Keep an in-memory (TensorDataset) dataset on the GPU and gather batches there."""
+    data_on_device: bool | None = None
+    """Keep an in-memory (TensorDataset) dataset on the GPU and gather batches there; null:
+    when it takes at most 1/8 of the GPU's memory (no host-to-device copy per step)."""
     drop_last: bool = True
     """Drop the epoch's tail that does not fill a whole global batch (exact W-independence)."""
     deterministic: bool = False

@@ -156,6 +156,16 @@ class TensorBatches:
             yield tuple(b.pin_memory() for b in batch) if self.pin_memory else batch
 
 
+def _resident(tensors: tuple[torch.Tensor, ...], ctx: Context, on_device: bool | None) -> bool:
+    """Whether to keep the tensors on the GPU: asked for, or (None) small enough to."""
+    if ctx.device.type != "cuda" or on_device is False:
+        return False
+    if on_device:
+        return True
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    return size <= torch.cuda.get_device_properties(ctx.device).total_memory // 8
+
+
 def _tensors_of(dataset: Dataset, num_workers: int, kwargs: dict[str, Any]) -> Any:
     """The dataset's tensors when batches can be gathered by index, else None: a
     ``TensorDataset`` (the built-in datasets are), no worker processes, no custom collate."""
@@ -175,7 +185,7 @@ def loader(
     drop_last: bool = True,
     accum: int = 1,
     num_workers: int = 0,
-    on_device: bool = False,
+    on_device: bool | None = None,
     **kwargs: Any,
 ) -> DataLoader | TensorBatches:
     """A training loader over this rank's shard; ``batch_size`` is the *global* batch.
@@ -185,7 +195,8 @@ def loader(
         train = distrib.loader(dataset, batch_size=256, seed=0)   # 128 per rank on 2 ranks
 
     A ``TensorDataset`` without workers is served by `TensorBatches` (whole batches by index,
-    the same batches as a DataLoader; ``on_device`` keeps the data on the GPU); anything else
+    the same batches as a DataLoader; on a GPU the data stays there when ``on_device``, or by
+    default when it takes at most 1/8 of the GPU's memory); anything else
     gets a DataLoader (``num_workers``, ``pin_memory`` on CUDA, any DataLoader keyword).
     """
     ctx = ctx or current()
@@ -201,13 +212,9 @@ def loader(
     )
     tensors = _tensors_of(dataset, num_workers, kwargs)
     if tensors is not None:
-        cuda = ctx.device.type == "cuda"
+        device = ctx.device if _resident(tensors, ctx, on_device) else None
         return TensorBatches(
-            tensors,
-            sampler,
-            micro,
-            device=ctx.device if on_device and cuda else None,
-            pin_memory=cuda,
+            tensors, sampler, micro, device=device, pin_memory=ctx.device.type == "cuda"
         )
     g = torch.Generator()
     g.manual_seed(seed * 1000003 + ctx.rank)
@@ -230,15 +237,15 @@ def eval_loader(
     batch_size: int,
     ctx: Context | None = None,
     num_workers: int = 0,
-    on_device: bool = False,
+    on_device: bool | None = None,
 ) -> DataLoader | TensorBatches:
     """An evaluation loader: every sample on exactly one rank; ``batch_size`` is per rank."""
     ctx = ctx or current()
     sampler = EvalSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank)  # type: ignore[arg-type]
     tensors = _tensors_of(dataset, num_workers, {})
     if tensors is not None:
+        device = ctx.device if _resident(tensors, ctx, on_device) else None
         cuda = ctx.device.type == "cuda"
-        device = ctx.device if on_device and cuda else None
         return TensorBatches(tensors, sampler, batch_size, device=device, pin_memory=cuda)
     return DataLoader(
         dataset,

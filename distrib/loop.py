@@ -277,7 +277,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             with autocast(ctx.device, t.precision):
                 loss = F.cross_entropy(run.model(x), y) / in_step
             loss.backward()
-        step_loss = step_loss + loss.detach()
+        step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += x.shape[0]
         if not last_micro:
             continue

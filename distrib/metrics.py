@@ -55,19 +55,20 @@ class Metrics:
     def __init__(self) -> None:
         self._sums: dict[str, list[float]] = {}  # name -> [sum(value * weight), sum(weight)]
         self._per_rank: dict[str, list[float]] = {}  # same, but reduced to one value per rank
-        self._device_sums: dict[str, tuple[torch.Tensor, float]] = {}  # name -> (sum, weight)
+        self._device_sums: dict[str, tuple[torch.Tensor, float]] = {}  # same, on the device
 
-    def add_device_sum(self, name: str, total: torch.Tensor, weight: float) -> None:
-        """Add to a global weighted mean whose numerator (``sum(value * weight)``, a 0-d tensor)
-        still lives on the device: it is read back only by `compute`, in the same single
-        transfer as everything else, so the training step never waits for the device."""
+    def add_device(self, name: str, value: torch.Tensor, weight: float = 1.0) -> None:
+        """`add` for a value (a 0-d tensor) still on the device: it is read back only by
+        `compute`, in the same single transfer as everything else, so the training step
+        never waits for the device. One in-place add per call after the first."""
         if name in self._sums or name in self._per_rank:
             raise ValueError(f"metric {name!r} was added both on the device and on the host")
         held = self._device_sums.get(name)
-        total = total.detach().reshape(())
-        self._device_sums[name] = (
-            (held[0] + total, held[1] + float(weight)) if held else (total, float(weight))
-        )
+        if held is None:
+            self._device_sums[name] = (value.detach().to(torch.float64) * weight, float(weight))
+        else:
+            held[0].add_(value.detach(), alpha=weight)
+            self._device_sums[name] = (held[0], held[1] + float(weight))
 
     def add(self, name: str, value: float, weight: float = 1.0) -> None:
         """Add to a weighted mean: the result is sum(value * weight) / sum(weight), all ranks."""
@@ -279,7 +280,7 @@ def record_step(
     this rank processed in the step (all micro-batches together).
     """
     if isinstance(loss, torch.Tensor):
-        metrics.add_device_sum(_LOSS, loss.detach().double() * samples, weight=samples)
+        metrics.add_device(_LOSS, loss, weight=samples)
     else:
         metrics.add(_LOSS, loss, weight=samples)
     metrics.add_ratio(_SAMPLES, samples, step_s)  # samples per second of step, per rank

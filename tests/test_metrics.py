@@ -71,12 +71,12 @@ def _aggregate_on_two_ranks() -> dict:
         m.add_per_rank("step_time", 0.5)
     for i in reversed(range(30)):  # many metrics, added in another order than sorted
         m.add(f"m{i:02d}", float(i * (r + 1)))
-    # a sum still on the device, added twice on rank 1: (1*2) and (4*1 + 4*2) -> 14 / 5
+    # values still on the device, twice on rank 1: (1*2 + 4*1 + 4*2) / (2 + 1 + 2) = 14 / 5
     if r == 0:
-        m.add_device_sum("dev_loss", torch.tensor(2.0), weight=2)
+        m.add_device("dev_loss", torch.tensor(1.0), weight=2)
     else:
-        m.add_device_sum("dev_loss", torch.tensor(4.0), weight=1)
-        m.add_device_sum("dev_loss", torch.tensor(8.0), weight=2)
+        m.add_device("dev_loss", torch.tensor(4.0), weight=1)
+        m.add_device("dev_loss", torch.tensor(4.0), weight=2)
     first = m.compute(ctx)
     after_first = dict(calls)
     m.add("loss", float(r))  # the window was reset: only this round's values count
