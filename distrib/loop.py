@@ -25,6 +25,7 @@ from distrib import preemption
 from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
+from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.logs import setup_logging
 from distrib.metrics import Metrics, StepTimer, record_step, report
@@ -122,6 +123,7 @@ def fit(
             async_save=c.async_save,
             enabled=ctx.is_main and run_dir is not None,
         )
+        _check_steps(train_dl, t.global_batch_size, ctx.world_size)
         run = _Run(cfg, ctx, model, optimizer, scheduler, ckpt, [], TrainState())
         try:
             _resume(run, t.resume if run_dir is not None else "never")
@@ -251,6 +253,18 @@ def _train(
     if run.saved_step != run.state.step:
         run.save({k: float(v) for k, v in result.items()})
     return result
+
+
+def _check_steps(train_dl: Any, global_batch: int, world: int) -> None:
+    """An epoch of zero optimizer steps would "train" nothing and report success."""
+    if train_dl.sampler.epoch_samples() == 0:
+        n = len(train_dl.sampler.dataset)
+        raise ConfigError(
+            "data.train",
+            message=f"data.train: {n} samples make 0 optimizer steps at "
+            f"trainer.global_batch_size={global_batch} on {world} worker(s): every epoch drops "
+            "its tail shorter than one global batch (use a smaller global batch or more data)",
+        )
 
 
 def _done(state: TrainState, max_steps: int) -> bool:

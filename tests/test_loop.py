@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import spawn
 
@@ -173,3 +174,12 @@ def test_a_preemption_signal_stops_within_ten_steps_even_when_logging_is_rare(tm
     ((code, saved),) = spawn(_stopped_at, values, str(tmp_path), world_size=1)
     assert code == 75
     assert saved == ["step-00000030.pt"], saved
+
+
+def test_a_training_set_smaller_than_one_global_batch_is_an_error_not_a_success():
+    # Seen before: 0 steps, exit 0, step-00000000.pt and the untrained model's accuracy.
+    values = small_run(epochs=1, global_batch_size=64)
+    values["data"]["train"]["size"] = 60  # 48 train samples < one global batch of 64
+    with pytest.raises(Exception, match=r"data.train: 48 samples make 0 optimizer steps at "
+                       r"trainer.global_batch_size=64 on 2 worker\(s\)"):  # fmt: skip
+        spawn(_fit, values, world_size=2)
