@@ -93,6 +93,9 @@ class TrainerConfig:
     """torch.use_deterministic_algorithms(True): bit-exact reruns, sometimes slower."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
+    nonfinite: str = "stop"
+    """A NaN/Inf loss: stop (exit non-zero naming the step, no checkpoint of those weights)
+    or skip (drop every step whose gradients are not finite; costs one read-back a step)."""
     resume: str = "auto"
     """auto: continue from the newest good checkpoint of the run directory; never; or a path."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
@@ -149,6 +152,9 @@ class TrainerConfig:
         check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
         check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
+        check(
+            self.nonfinite in ("stop", "skip"), "trainer.nonfinite", self.nonfinite, "stop or skip"
+        )
 
 
 @dataclass(kw_only=True)

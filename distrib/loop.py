@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,15 @@ class _Run:
     saved_step: int = -1
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
-        """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes)."""
+        """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
+
+        Never weights that went NaN/Inf: keep_last would rotate every good checkpoint out.
+        """
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise NonFiniteLoss(
+                f"the weights are not finite at step {self.state.step}; stopped without "
+                "checkpointing them (the newest checkpoint is still a good one)"
+            )
         data = capture(
             model=self.model,
             optimizer=self.optimizer,
@@ -255,6 +264,18 @@ def _train(
     return result
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training produced NaN/Inf (``trainer.nonfinite=stop``); nothing of it was saved."""
+
+
+def _grads_finite(model: nn.Module) -> bool:
+    """One device-side reduction and one read-back: the cost of ``trainer.nonfinite=skip``."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 def _check_steps(train_dl: Any, global_batch: int, world: int) -> None:
     """An epoch of zero optimizer steps would "train" nothing and report success."""
     if train_dl.sampler.epoch_samples() == 0:
@@ -296,17 +317,28 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         if not last_micro:
             continue
         clip_grad(run.model, t.clip_grad_norm)
-        run.optimizer.step()
+        # skip: the all-reduced gradients are equal on every rank, so every rank skips alike
+        skipped = t.nonfinite == "skip" and not _grads_finite(run.model)
+        if skipped:
+            log.warning("non-finite gradients at step %d: step skipped", state.step + 1)
+            step_loss = torch.zeros((), device=ctx.device)  # and not averaged into the loss
+        else:
+            run.optimizer.step()
+            if run.scheduler is not None:
+                run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-        if run.scheduler is not None:
-            run.scheduler.step()
         state.step += 1
         state.consumed += step_samples * ctx.world_size
         end = i == n_micro - 1 or _done(state, t.max_steps)
         log_step = state.step % t.log_every == 0 or end
         step_s, wait_s = timer.step_done(sync=log_step)
         record_step(
-            metrics, loss=step_loss, samples=step_samples, step_s=step_s, data_wait_s=wait_s
+            metrics,
+            loss=step_loss,
+            samples=step_samples,
+            step_s=step_s,
+            data_wait_s=wait_s,
+            loss_weight=0 if skipped else None,
         )
         step_loss, step_samples = 0.0, 0
         # The host waits (for the device, for the other ranks) at log steps only: one
@@ -324,6 +356,12 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             stop = row.pop("stop_requested") > 0
             state.history.append(row)
             log_all(run.loggers, row, state.step)
+            if t.nonfinite == "stop" and not math.isfinite(row.get("loss", 0.0)):
+                raise NonFiniteLoss(
+                    f"the loss is {row['loss']} in the {t.log_every} steps up to step "
+                    f"{state.step}; stopped without checkpointing these weights "
+                    "(trainer.nonfinite=skip skips such steps instead)"
+                )
         else:
             stop = state.step % STOP_CHECK_EVERY == 0 and preemption.should_stop(flag, ctx)
         if stop:

@@ -272,6 +272,7 @@ def record_step(
     samples: int,
     step_s: float,
     data_wait_s: float,
+    loss_weight: int | None = None,
 ) -> None:
     """Add one optimizer step of this rank under the names `summarize` reads.
 
@@ -279,10 +280,11 @@ def record_step(
     device (read back at the log step, with everything else) -- and ``samples`` the samples
     this rank processed in the step (all micro-batches together).
     """
+    weight = samples if loss_weight is None else loss_weight  # 0: a skipped step
     if isinstance(loss, torch.Tensor):
-        metrics.add_device(_LOSS, loss, weight=samples)
+        metrics.add_device(_LOSS, loss, weight=weight)
     else:
-        metrics.add(_LOSS, loss, weight=samples)
+        metrics.add(_LOSS, loss, weight=weight)
     metrics.add_ratio(_SAMPLES, samples, step_s)  # samples per second of step, per rank
     metrics.add_ratio(_WAIT, data_wait_s, step_s)  # share of step time spent waiting
     metrics.add_per_rank(_STEP, step_s)

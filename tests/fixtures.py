@@ -87,3 +87,18 @@ class SleepyMLP(nn.Module):
         if self.training and self.calls == self.at_call and int(os.environ["RANK"]) == self.rank:
             time.sleep(self.sleep_s)
         return self.net(x)
+
+
+class PoisonedAt(torch.utils.data.Dataset):
+    """Synthetic data whose sample ``at`` (an index) is all NaN: one bad batch, one bad step."""
+
+    def __init__(self, split: str = "train", at: int = 0, size: int = 640, features: int = 16):
+        self.data = synthetic(split, size=size, features=features)
+        self.at = at
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data[i]
+        return (torch.full_like(x, float("nan")) if i == self.at else x), y

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import spawn
@@ -183,3 +185,57 @@ def test_a_training_set_smaller_than_one_global_batch_is_an_error_not_a_success(
     with pytest.raises(Exception, match=r"data.train: 48 samples make 0 optimizer steps at "
                        r"trainer.global_batch_size=64 on 2 worker\(s\)"):  # fmt: skip
         spawn(_fit, values, world_size=2)
+
+
+def _fit_or_error(values: dict, run_dir: str) -> dict:
+    from pathlib import Path
+
+    try:
+        out = fit(to_config(values), Path(run_dir))
+        return {"error": "", "eval_acc": out["eval_acc"]}
+    except Exception as e:  # noqa: BLE001 - the test looks at the message
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _strict_json(path) -> object:  # type: ignore[no-untyped-def]
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path}: bare {token} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_loss_that_turns_nan_stops_the_run_naming_the_step_and_saves_none_of_it(tmp_path):
+    # Seen before: exit 0, NaN weights checkpointed every epoch, bare NaN in manifest.json.
+    values = small_run(epochs=3, log_every=5)
+    values["optim"]["lr"] = 1e30  # diverges within a few steps
+    values["trainer"]["checkpoint"] = {"every_steps": 2, "keep_last": 2}
+    (res,) = spawn(_fit_or_error, values, str(tmp_path), world_size=1)
+    assert res["error"].startswith("NonFiniteLoss: the ") and "step" in res["error"], res
+    for ckpt in (tmp_path / "checkpoints").glob("step-*.pt"):
+        state = torch.load(ckpt, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values()), ckpt.name
+    manifest = tmp_path / "checkpoints" / "manifest.json"
+    if manifest.exists():
+        _strict_json(manifest)
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda t: (_ for _ in ()).throw(ValueError(t)))
+
+
+def test_nonfinite_skip_drops_the_poisoned_step_and_trains_on(tmp_path):
+    values = small_run(epochs=1, log_every=5, nonfinite="skip")
+    values["data"]["train"] = {"_target_": "fixtures.PoisonedAt", "at": 7, "size": 1000}
+    res = spawn(_fit_or_error, values, str(tmp_path), world_size=2)[0]
+    assert res["error"] == "", res
+    last = sorted((tmp_path / "checkpoints").glob("step-*.pt"))[-1]
+    state = torch.load(last, weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    rows = [
+        r
+        for r in map(
+            __import__("json").loads, (tmp_path / "metrics.jsonl").read_text().splitlines()
+        )
+        if "loss" in r
+    ]
+    assert all(isinstance(r["loss"], float) for r in rows)  # the skipped step is not averaged in
+    logs = (tmp_path / "logs" / "rank0.log").read_text()
+    assert logs.count("non-finite gradients at step") == 1, logs

@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import copy
 import logging
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -93,7 +94,9 @@ class Checkpointer:
         meta = {
             "step": int(step),
             "epoch": int(epoch),
-            "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            "metrics": {  # NaN/Inf: null, neither best nor invalid JSON
+                k: float(v) if math.isfinite(float(v)) else None for k, v in (metrics or {}).items()
+            },
         }
         if self._executor is None:
             self._write(state, meta)
@@ -194,7 +197,7 @@ class Checkpointer:
         metric = self.best_metric
         if metric is None:
             return keep
-        scored = [n for n in order if metric in entries[n].get("metrics", {})]
+        scored = [n for n in order if entries[n].get("metrics", {}).get(metric) is not None]
         if scored:
             pick = max if self.best_mode == "max" else min
             keep.add(pick(scored, key=lambda n: entries[n]["metrics"][metric]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -161,8 +162,19 @@ def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(directory: Path, entries: dict[str, dict[str, Any]]) -> None:
     """Replace the manifest with ``entries`` (sorted by name, so by step), atomically."""
-    body = {"version": MANIFEST_VERSION, "checkpoints": dict(sorted(entries.items()))}
-    write_text_atomic(Path(directory) / MANIFEST, json.dumps(body, indent=1) + "\n")
+    body = {"version": MANIFEST_VERSION, "checkpoints": _finite(dict(sorted(entries.items())))}
+    text = json.dumps(body, indent=1, allow_nan=False)  # strict JSON: NaN/Inf become null
+    write_text_atomic(Path(directory) / MANIFEST, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _sha256_of(path: Path) -> str:
