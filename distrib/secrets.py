@@ -48,6 +48,43 @@ def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
     return {v for k, v in env.items() if is_secret_key(k) and len(v.strip()) >= MIN_SECRET_LEN}
 
 
+def config_secrets(obj: Any) -> set[str]:
+    """The values under secret-looking keys of a nested config (``hf_token: hf_...``): the
+    strings to scrub from files that copy the config or the command line as text."""
+    found: set[str] = set()
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if is_secret_key(k) and isinstance(v, str | int) and len(str(v)) >= MIN_SECRET_LEN:
+                found.add(str(v))
+            else:
+                found |= config_secrets(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            found |= config_secrets(v)
+    return found
+
+
+def scrub_files(paths: Iterable[Any], secrets: Iterable[str]) -> None:
+    """Rewrite each existing file with the secrets cut out (atomically; untouched if clean).
+
+    For what hydra writes before any of our code runs: ``.hydra/config.yaml``,
+    ``hydra.yaml`` and ``overrides.yaml`` hold the command line's values verbatim.
+    """
+    from pathlib import Path
+
+    secrets = set(secrets)
+    for path in map(Path, paths):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        clean = scrub(text, secrets)
+        if clean != text:
+            tmp = path.with_name(path.name + ".redacting")
+            tmp.write_text(clean)
+            os.replace(tmp, path)
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of every secret replaced by `REDACTED`."""
     # Longest first, so a secret that contains a shorter one is removed whole.

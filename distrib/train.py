@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 _NO_PREFLIGHT = (
     "help",
     "hydra_help",
@@ -144,6 +145,12 @@ def _task(cfg: Any) -> Any:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     values = OmegaConf.to_container(cfg, resolve=True)
+    # hydra has already copied the command line into .hydra/: cut the secrets out of it
+    from distrib.secrets import config_secrets, scrub_files, secret_values
+
+    hydra_files = [run_dir / hydra_cfg.output_subdir / f for f in HYDRA_FILES]
+    if hydra_cfg.output_subdir is not None:
+        scrub_files(hydra_files, config_secrets(values) | secret_values())
     # Under hydra multirun every job of one sweep shares a wandb group: the sweep directory.
     group = None
     if hydra_cfg.mode == RunMode.MULTIRUN:

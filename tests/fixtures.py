@@ -102,3 +102,8 @@ class PoisonedAt(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.data[i]
         return (torch.full_like(x, float("nan")) if i == self.at else x), y
+
+
+def token_dataset(split: str = "train", hf_token: str | None = None, size: int = 640):
+    """A user's dataset factory that takes a secret (as one reading a private hub would)."""
+    return synthetic(split, size=size, features=16)

@@ -85,3 +85,29 @@ def test_logging_filter_scrubs_messages_args_and_tracebacks():
     assert ENV_SECRET not in text
     assert f"logging in with {REDACTED}" in text and f"inline {REDACTED} too" in text
     assert f"RuntimeError: bad key {REDACTED}" in text
+
+
+def test_a_secret_on_the_command_line_reaches_no_file_of_the_run(tmp_path):
+    # Seen before: redacted in the checkpoint, verbatim in .hydra/config.yaml, hydra.yaml,
+    # overrides.yaml and the wandb run file (which stores the command line).
+    import sys
+    from pathlib import Path
+
+    from helpers import run_cli
+
+    secret = "hf_Zq8sEcReTvAlUe42"
+    run_dir = tmp_path / "run"
+    res = run_cli(
+        sys.executable, "-m", "distrib.train", "model=mlp", "model.in_features=16",
+        "data.train._target_=fixtures.token_dataset", f"+data.train.hf_token={secret}",
+        "data.eval._target_=fixtures.token_dataset", "trainer.epochs=1", "trainer.max_steps=3",
+        "trainer.global_batch_size=32", "logger=[console,jsonl,wandb]",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    files = [p for p in Path(run_dir).rglob("*") if p.is_file()]
+    assert any(p.name == "overrides.yaml" for p in files)
+    assert any(p.suffix == ".wandb" for p in files)
+    leaked = [str(p.relative_to(run_dir)) for p in files if secret.encode() in p.read_bytes()]
+    assert leaked == []
+    assert secret not in res.stdout + res.stderr

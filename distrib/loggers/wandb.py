@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from distrib.secrets import redact
+from distrib.secrets import config_secrets, redact, scrub, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,25 @@ class WandbLogger:
 
         run_dir = Path(run_dir)
         self.run_id = run_id(run_dir)
-        self._run: Any = wandb.init(
+        # wandb stores the command line (sys.argv) with the run: never a secret given there
+        argv, secrets = list(sys.argv), config_secrets(dict(config)) | secret_values()
+        sys.argv[:] = [scrub(a, secrets) for a in argv]
+        try:
+            self._run: Any = self._init(wandb, run_dir, config, group, project)
+        finally:
+            sys.argv[:] = argv
+        url = getattr(self._run, "url", None)
+        log.info("wandb run %s (%s)%s", self.run_id, wandb_mode(), f": {url}" if url else "")
+
+    def _init(
+        self,
+        wandb: Any,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        group: str | None,
+        project: str | None,
+    ) -> Any:
+        return wandb.init(
             project=project or os.environ.get("WANDB_PROJECT") or "distrib",
             id=self.run_id,
             resume="allow",
@@ -77,8 +96,6 @@ class WandbLogger:
             # sys.stdout (breaking the progress bar) and duplicate every line into the run.
             settings=wandb.Settings(console="off", silent=True),
         )
-        url = getattr(self._run, "url", None)
-        log.info("wandb run %s (%s)%s", self.run_id, wandb_mode(), f": {url}" if url else "")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         row = {k: v for k, v in metrics.items() if k != "step"}  # wandb keeps its own step
