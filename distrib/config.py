@@ -9,10 +9,7 @@ This is the only worker-side module that imports hydra.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
-import inspect
 import os
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -265,95 +262,7 @@ def build(node: Any, *args: Any) -> Any:
 
 
 def check_targets(cfg: Config) -> None:
-    """Check every ``_target_`` node against its callable's signature without building it.
+    """See `distrib.targets.check_targets` (kept here: the schema's callers import it)."""
+    from distrib.targets import check_targets as check
 
-    A misspelt argument or a value of the wrong type (``optim.lr=abc``) is reported here, in
-    the parent process, instead of as a traceback from every worker.
-    """
-    _check_target(cfg.model, "model")
-    check(
-        isinstance(cfg.data, dict) and {"train", "eval"} <= set(cfg.data),
-        "data",
-        cfg.data,
-        "a node with 'train' and 'eval' dataset _target_ entries",
-    )
-    _check_target(cfg.data["train"], "data.train")
-    _check_target(cfg.data["eval"], "data.eval")
-    _check_target(cfg.optim, "optim", skip=1)
-    if cfg.scheduler is not None:
-        _check_target(cfg.scheduler, "scheduler", skip=1)
-    _probe_optimizer(cfg.optim)
-
-
-def _import(target: str) -> Any:
-    """Import ``pkg.module.attr`` (quietly: hydra's own locator logs every failure)."""
-    parts = target.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(target)
-
-
-def _check_target(node: Any, key: str, skip: int = 0) -> None:
-    if not isinstance(node, dict) or "_target_" not in node:
-        raise ConfigError(
-            key, node, "a node with a _target_ (a dotted path to a class or function)"
-        )
-    target = node["_target_"]
-    try:
-        obj = _import(str(target))
-    except Exception:
-        raise ConfigError(f"{key}._target_", target, "an importable class or function") from None
-    try:
-        sig = inspect.signature(obj, eval_str=True)
-    except (TypeError, ValueError, NameError):
-        return  # builtins and C extensions: nothing to check before calling
-    params = list(sig.parameters.values())[skip:]
-    by_name = {p.name: p for p in params}
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    for name, value in node.items():
-        if name.startswith("_"):
-            continue
-        param = by_name.get(name)
-        if param is None:
-            if takes_kwargs:
-                continue
-            names = ", ".join(
-                p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            )
-            raise ConfigError(f"{key}.{name}", value, f"an argument of {target}: {names}")
-        expected = _accepted_types(param.annotation)
-        int_for_float = float in expected and isinstance(value, int) and not isinstance(value, bool)
-        if expected and value is not None and not isinstance(value, expected) and not int_for_float:
-            allowed = " or ".join(t.__name__ for t in expected)
-            raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
-
-
-def _accepted_types(annotation: Any) -> tuple[type, ...]:
-    """Plain types an annotation admits; empty (= do not check) for anything fancier."""
-    simple = (bool, int, float, str)
-    if annotation in simple:
-        return (annotation,)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        import torch  # an lr may be a float or a Tensor: both accept a float value
-
-        if members and all(a in simple or a is torch.Tensor for a in members):
-            return tuple(a for a in members if a in simple)
-    return ()
-
-
-def _probe_optimizer(node: dict) -> None:
-    """Build the optimizer over one dummy parameter: its own range checks (lr < 0) run now."""
-    import torch
-
-    try:
-        factory = build(node)
-        factory([torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError) as e:
-        raise ConfigError("optim", message=f"optim ({node['_target_']}): {e}") from None
+    check(cfg)

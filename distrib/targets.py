@@ -1,0 +1,153 @@
+"""What a ``_target_`` may point at, checked in the parent before anything is built.
+
+Every ``_target_`` node is checked against its callable's signature (a misspelt argument or a
+value of the wrong type is one line here, not a traceback from every worker) and against its
+*kind*: ``model`` must build an ``nn.Module``, ``data.*`` a Dataset, ``optim`` an optimizer,
+``scheduler`` an LR scheduler -- so ``model._target_=os.system`` never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from typing import Any
+
+from distrib.errors import ConfigError, check
+
+
+def check_targets(cfg: Any) -> None:
+    """Check every ``_target_`` node against its callable's signature without building it.
+
+    A misspelt argument or a value of the wrong type (``optim.lr=abc``) is reported here, in
+    the parent process, instead of as a traceback from every worker.
+    """
+    _check_target(cfg.model, "model", kind="model")
+    check(
+        isinstance(cfg.data, dict) and {"train", "eval"} <= set(cfg.data),
+        "data",
+        cfg.data,
+        "a node with 'train' and 'eval' dataset _target_ entries",
+    )
+    _check_target(cfg.data["train"], "data.train", kind="data")
+    _check_target(cfg.data["eval"], "data.eval", kind="data")
+    _check_target(cfg.optim, "optim", skip=1, kind="optim")
+    if cfg.scheduler is not None:
+        _check_target(cfg.scheduler, "scheduler", skip=1, kind="scheduler")
+    _probe_optimizer(cfg.optim)
+
+
+def _import(target: str) -> Any:
+    """Import ``pkg.module.attr`` (quietly: hydra's own locator logs every failure)."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(target)
+
+
+_KINDS = {
+    "model": ("torch.nn", "Module", "an nn.Module subclass"),
+    "data": ("torch.utils.data", "Dataset", "a Dataset class or a function that returns one"),
+    "optim": ("torch.optim", "Optimizer", "a torch.optim.Optimizer subclass"),
+    "scheduler": ("torch.optim.lr_scheduler", "LRScheduler", "an LR scheduler class"),
+}
+# Modules whose callables are never a model, a dataset or an optimizer.
+_NEVER = ("os", "posix", "subprocess", "shutil", "sys", "builtins", "pty", "socket", "runpy")
+
+
+def _check_kind(obj: Any, key: str, kind: str, target: str) -> None:
+    """``obj`` builds the kind of thing ``key`` needs: a subclass of it, or a function whose
+    return annotation says so (data factories may leave it out, but no builtin or ``os``-like
+    function passes)."""
+    module, name, wanted = _KINDS[kind]
+    base = getattr(importlib.import_module(module), name)
+    if kind == "scheduler" and not isinstance(base, type):  # pragma: no cover - old torch
+        return
+    if isinstance(obj, type):
+        ok = issubclass(obj, base) or (kind == "scheduler" and obj.__name__ == "ReduceLROnPlateau")
+    elif inspect.isfunction(obj) and obj.__module__.split(".")[0] not in _NEVER:
+        try:
+            returned = typing.get_type_hints(obj).get("return")
+        except Exception:  # unresolvable annotations: judge by the rest
+            returned = None
+        if isinstance(returned, type):
+            ok = issubclass(returned, base)
+        else:
+            ok = kind == "data" and returned is None
+    else:  # builtins (os.system), methods, modules, instances
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}._target_", target, wanted + (
+            " (or a function annotated to return one)" if kind != "data" else ""
+        ))  # fmt: skip
+
+
+def _check_target(node: Any, key: str, skip: int = 0, kind: str | None = None) -> None:
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ConfigError(
+            key, node, "a node with a _target_ (a dotted path to a class or function)"
+        )
+    target = node["_target_"]
+    try:
+        obj = _import(str(target))
+    except Exception:
+        raise ConfigError(f"{key}._target_", target, "an importable class or function") from None
+    if kind is not None:
+        _check_kind(obj, key, kind, str(target))
+    try:
+        sig = inspect.signature(obj, eval_str=True)
+    except (TypeError, ValueError, NameError):
+        return  # builtins and C extensions: nothing to check before calling
+    params = list(sig.parameters.values())[skip:]
+    by_name = {p.name: p for p in params}
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    for name, value in node.items():
+        if name.startswith("_"):
+            continue
+        param = by_name.get(name)
+        if param is None:
+            if takes_kwargs:
+                continue
+            names = ", ".join(
+                p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            )
+            raise ConfigError(f"{key}.{name}", value, f"an argument of {target}: {names}")
+        expected = _accepted_types(param.annotation)
+        int_for_float = float in expected and isinstance(value, int) and not isinstance(value, bool)
+        if expected and value is not None and not isinstance(value, expected) and not int_for_float:
+            allowed = " or ".join(t.__name__ for t in expected)
+            raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
+
+
+def _accepted_types(annotation: Any) -> tuple[type, ...]:
+    """Plain types an annotation admits; empty (= do not check) for anything fancier."""
+    simple = (bool, int, float, str)
+    if annotation in simple:
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        import torch  # an lr may be a float or a Tensor: both accept a float value
+
+        if members and all(a in simple or a is torch.Tensor for a in members):
+            return tuple(a for a in members if a in simple)
+    return ()
+
+
+def _probe_optimizer(node: dict) -> None:
+    """Build the optimizer over one dummy parameter: its own range checks (lr < 0) run now."""
+    import torch
+
+    try:
+        from distrib.config import build
+
+        factory = build(node)
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        raise ConfigError("optim", message=f"optim ({node['_target_']}): {e}") from None
