@@ -315,3 +315,32 @@ def test_pending_async_write_completes_at_exit(tmp_path: Path) -> None:
     assert path.name == "step-00000007.pt"
     assert torch.equal(loaded["w"], torch.full((5_000_000,), 7.0))
     assert "step-00000007.pt" in files.read_manifest(tmp_path)
+
+
+def test_every_file_is_fsynced_before_its_rename_and_its_directory_after(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A planted bug (no fsync of the temp file) once passed every test: record the calls.
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("replace", f"{os.path.realpath(src)} -> {os.path.realpath(dst)}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep_last=2)
+    ckpt.save(make_state(), step=1, epoch=0)
+    ckpt.close()
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "replace"]
+    assert len(renames) >= 2  # the checkpoint, the manifest (and the latest pointer)
+    directory = os.path.realpath(tmp_path / "ckpt")
+    for i in renames:
+        src, dst = events[i][1].split(" -> ")
+        assert ("fsync", src) in events[:i], f"{src} renamed onto {dst} without an fsync"
+        assert ("fsync", directory) in events[i + 1 :], f"rename onto {dst} not made durable"
