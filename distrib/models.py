@@ -35,13 +35,19 @@ class MLP(nn.Module):
     """``depth`` hidden layers of ``hidden`` units; sized up or down to make compute dominate."""
 
     def __init__(
-        self, in_features: int = 64, hidden: int = 256, depth: int = 2, num_classes: int = 10
+        self,
+        in_features: int = 64,
+        hidden: int = 256,
+        depth: int = 2,
+        num_classes: int = 10,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [nn.Dropout(dropout)] if dropout else []
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
