@@ -239,3 +239,17 @@ def test_nonfinite_skip_drops_the_poisoned_step_and_trains_on(tmp_path):
     assert all(isinstance(r["loss"], float) for r in rows)  # the skipped step is not averaged in
     logs = (tmp_path / "logs" / "rank0.log").read_text()
     assert logs.count("non-finite gradients at step") == 1, logs
+
+
+def test_a_short_last_accumulation_step_is_averaged_over_the_micro_batches_it_holds():
+    # 808 samples, global batch 32, no drop_last: the last step holds 8 samples in ONE
+    # micro-batch of grad_accum=2; dividing its loss by grad_accum would halve that step.
+    def run(accum: int) -> dict:
+        values = small_run(epochs=1, grad_accum=accum, drop_last=False)
+        values["data"]["train"]["size"] = 1010  # 808 train samples
+        return spawn(_fit, values, world_size=1)[0]
+
+    one, two = run(1), run(2)
+    assert len(_losses(one)) == len(_losses(two)) == 26
+    for k, w in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][k], w, rtol=0, atol=1e-6)
