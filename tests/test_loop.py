@@ -253,3 +253,30 @@ def test_a_short_last_accumulation_step_is_averaged_over_the_micro_batches_it_ho
     assert len(_losses(one)) == len(_losses(two)) == 26
     for k, w in one["state_dict"].items():
         torch.testing.assert_close(two["state_dict"][k], w, rtol=0, atol=1e-6)
+
+
+def _fit_weights_into(values: dict, run_dir: str) -> dict:
+    from pathlib import Path
+
+    return fit(to_config(values), Path(run_dir), return_weights=True)
+
+
+def test_a_resumed_scheduler_continues_where_it_stopped(tmp_path):
+    def run(max_steps: int) -> dict:
+        values = small_run(epochs=2, max_steps=max_steps, log_every=1)
+        values["scheduler"] = {
+            "_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
+            "step_size": 7, "gamma": 0.5,
+        }  # fmt: skip
+        return values
+
+    straight = spawn(_fit_weights_into, run(0), str(tmp_path / "a"), world_size=1)[0]
+    spawn(_fit_weights_into, run(20), str(tmp_path / "b"), world_size=1)
+    resumed = spawn(_fit_weights_into, run(0), str(tmp_path / "b"), world_size=1)[0]
+    lrs = {h["step"]: h["lr"] for h in straight["history"] if "lr" in h}
+    assert [h["lr"] for h in resumed["history"] if "lr" in h] == [
+        lrs[h["step"]] for h in resumed["history"] if "lr" in h
+    ]
+    assert lrs[50] == 0.05 * 0.5 ** (50 // 7)
+    for k, w in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][k], w), k
