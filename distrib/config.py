@@ -93,6 +93,9 @@ class TrainerConfig:
     nonfinite: str = "stop"
     """A NaN/Inf loss: stop (exit non-zero naming the step, no checkpoint of those weights)
     or skip (drop every step whose gradients are not finite; costs one read-back a step)."""
+    allow_batch_change: bool = False
+    """Accept a resume at another global_batch_size (refused by default: the optimizer state
+    and the data position were made for the old one)."""
     resume: str = "auto"
     """auto: continue from the newest good checkpoint of the run directory; never; or a path."""
     ddp: DDPConfig = field(default_factory=DDPConfig)

@@ -31,6 +31,7 @@ from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.logs import setup_logging
 from distrib.metrics import Metrics, StepTimer, record_step, report
 from distrib.process_group import Context, session
+from distrib.resume_policy import apply_hyperparameters, check_compatible, hyperparameter_changes
 from distrib.rng import seed_all
 from distrib.train_state import TrainState, capture, restore
 from distrib.wrap import accumulate, autocast, clip_grad, unwrap, wrap
@@ -200,6 +201,9 @@ def _resume(run: _Run, resume: str) -> None:
     if not path:
         return
     data = run.ckpt.load(Path(path))
+    current = dataclasses.asdict(run.cfg)
+    allow_batch = run.cfg.trainer.allow_batch_change
+    check_compatible(data.get("config"), current, Path(path), allow_batch=allow_batch)
     run.state = restore(
         data,
         Path(path),
@@ -209,6 +213,8 @@ def _resume(run: _Run, resume: str) -> None:
         ctx=run.ctx,
         seed=run.cfg.trainer.seed,
     )
+    changes = hyperparameter_changes(data.get("config"), current)
+    apply_hyperparameters(run.optimizer, run.scheduler, changes)
     run.saved_step = run.state.step
     log.info(
         "resumed from %s: epoch %d, step %d, %d samples into the epoch (written by %d worker(s))",

@@ -95,8 +95,19 @@ def restore(
     version = ckpt.get("format_version")
     if version != FORMAT_VERSION:
         raise ConfigError(str(path), version, f"a checkpoint of format version {FORMAT_VERSION}")
-    unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # torch lists every mismatched tensor over many lines
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise ConfigError(
+            "model", message=f"{path}: the model does not match it: {first}"
+        ) from None
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, ValueError) as e:
+        raise ConfigError(
+            "optim", message=f"{path}: the optimizer does not match it: {e!r}"
+        ) from None
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     rng = ckpt.get("rng") or []
