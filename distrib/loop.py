@@ -26,7 +26,7 @@ from distrib import preemption
 from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
-from distrib.errors import ConfigError
+from distrib.guards import NonFiniteLoss, check_steps, grads_finite
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.logs import setup_logging
 from distrib.metrics import Metrics, StepTimer, record_step, report
@@ -133,7 +133,7 @@ def fit(
             async_save=c.async_save,
             enabled=ctx.is_main and run_dir is not None,
         )
-        _check_steps(train_dl, t.global_batch_size, ctx.world_size)
+        check_steps(train_dl, t.global_batch_size, ctx.world_size)
         run = _Run(cfg, ctx, model, optimizer, scheduler, ckpt, [], TrainState())
         try:
             _resume(run, t.resume if run_dir is not None else "never")
@@ -270,30 +270,6 @@ def _train(
     return result
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training produced NaN/Inf (``trainer.nonfinite=stop``); nothing of it was saved."""
-
-
-def _grads_finite(model: nn.Module) -> bool:
-    """One device-side reduction and one read-back: the cost of ``trainer.nonfinite=skip``."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-
-def _check_steps(train_dl: Any, global_batch: int, world: int) -> None:
-    """An epoch of zero optimizer steps would "train" nothing and report success."""
-    if train_dl.sampler.epoch_samples() == 0:
-        n = len(train_dl.sampler.dataset)
-        raise ConfigError(
-            "data.train",
-            message=f"data.train: {n} samples make 0 optimizer steps at "
-            f"trainer.global_batch_size={global_batch} on {world} worker(s): every epoch drops "
-            "its tail shorter than one global batch (use a smaller global batch or more data)",
-        )
-
-
 def _done(state: TrainState, max_steps: int) -> bool:
     return max_steps > 0 and state.step >= max_steps
 
@@ -324,7 +300,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             continue
         clip_grad(run.model, t.clip_grad_norm)
         # skip: the all-reduced gradients are equal on every rank, so every rank skips alike
-        skipped = t.nonfinite == "skip" and not _grads_finite(run.model)
+        skipped = t.nonfinite == "skip" and not grads_finite(run.model)
         if skipped:
             log.warning("non-finite gradients at step %d: step skipped", state.step + 1)
             step_loss = torch.zeros((), device=ctx.device)  # and not averaged into the loss
