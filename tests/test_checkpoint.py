@@ -146,7 +146,7 @@ def test_file_that_would_execute_code_is_refused(tmp_path: Path, warnings_logged
         "epoch": 0,
         "metrics": {},
         "sha256": hashlib.sha256(evil.read_bytes()).hexdigest(),
-        "time": 0.0,
+        "time": time.time() + 1,  # the newest written: resume tries it first
     }
     files.write_manifest(tmp_path, entries)  # a valid checksum: only weights_only stands guard
 
@@ -344,3 +344,46 @@ def test_every_file_is_fsynced_before_its_rename_and_its_directory_after(
         src, dst = events[i][1].split(" -> ")
         assert ("fsync", src) in events[:i], f"{src} renamed onto {dst} without an fsync"
         assert ("fsync", directory) in events[i + 1 :], f"rename onto {dst} not made durable"
+
+
+def test_after_a_resume_from_an_earlier_step_auto_resumes_the_new_lineage(tmp_path: Path) -> None:
+    # Seen before: after trainer.resume=<step 6>, retention deleted step 6 and a later
+    # resume=auto picked step 10 of the abandoned run (highest step wins).
+    ckpt = Checkpointer(tmp_path, keep_last=3)
+    for step in (2, 4, 6, 8, 10):
+        ckpt.save(make_state(step), step=step, epoch=0)
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt"))[0] == "step-00000006.pt"
+    ckpt.load(tmp_path / "step-00000006.pt")  # the user resumes from step 6 ...
+    time.sleep(0.01)
+    ckpt.save(make_state(7), step=7, epoch=0)  # ... and the run goes on from there
+    loaded, path = ckpt.latest_good()
+    assert path.name == "step-00000007.pt"
+    assert_same(make_state(7), loaded)
+
+
+def test_bad_files_leave_the_good_set_and_the_last_good_one_is_never_deleted(
+    tmp_path: Path, warnings_logged
+) -> None:
+    # Seen before: with step 8 truncated and step 6 bit-flipped, retention deleted step 3 --
+    # the only good checkpoint -- and kept both bad ones in the manifest.
+    first = Checkpointer(tmp_path, keep_last=3)
+    for step in (3, 6, 8):
+        first.save(make_state(step), step=step, epoch=0)
+    ckpt = Checkpointer(tmp_path, keep_last=2)
+    eight, six = tmp_path / "step-00000008.pt", tmp_path / "step-00000006.pt"
+    eight.write_bytes(eight.read_bytes()[:-100])
+    data = bytearray(six.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    six.write_bytes(bytes(data))
+
+    _, path = ckpt.latest_good()
+    assert path.name == "step-00000003.pt"
+    marked = files.read_manifest(tmp_path)
+    assert marked["step-00000008.pt"]["bad"] and marked["step-00000006.pt"]["bad"]
+    assert not marked["step-00000003.pt"].get("bad")
+    ckpt.save(make_state(4), step=4, epoch=0)  # the resumed run saves: 3 and 4 are the good two
+    names = {p.name for p in tmp_path.glob("step-*.pt")}
+    assert names == {"step-00000003.pt", "step-00000004.pt", "step-00000006.pt", "step-00000008.pt"}
+    _, path = Checkpointer(tmp_path).latest_good()
+    assert path.name == "step-00000004.pt"
+    assert len(warnings_logged) == 2  # each bad file reported once, then skipped quietly

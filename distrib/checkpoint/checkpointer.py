@@ -127,29 +127,42 @@ class Checkpointer:
     def latest_good(self) -> tuple[dict[str, Any], Path] | None:
         """The newest checkpoint that loads and verifies, with its path; None when there is none.
 
-        Newest means highest step, over the manifest and any ``step-*.pt`` on disk that the
-        manifest misses (a crash between the rename and the manifest update); those load with
-        ``weights_only=True`` but without a checksum. Each bad file costs one warning line and
-        is left where it is.
+        **The one rule** (retention uses the same order): newest means last *written* -- the
+        manifest's write time, or the file's mtime for a ``step-*.pt`` the manifest misses (a
+        crash between the rename and the manifest update; it loads with ``weights_only=True``
+        but without a checksum) -- with the step breaking ties. So after a resume from an
+        earlier step, the checkpoints of the resumed run come before the higher-step leftovers
+        of the abandoned one. A file that fails costs one warning line, is marked bad in the
+        manifest (skipped from then on, never counted as kept) and stays on disk.
         """
         self.wait()
         if not self.directory.is_dir():
             return None
         entries = self._entries()
-        on_disk = {p.name for p in self.directory.glob("step-*.pt")}
-        candidates = [(int(e["step"]), name) for name, e in entries.items()]
-        candidates += [
-            (step, name)
-            for name in on_disk - entries.keys()
-            if (step := files.step_of(name)) is not None
-        ]
-        for _, name in sorted(candidates, reverse=True):
+        for name in self._newest_first(entries):
             path = self.directory / name
+            if entries.get(name, {}).get("bad"):
+                continue
             try:
                 return files.load_checkpoint(path, entries.get(name)), path
             except CheckpointError as e:
                 log.warning("%s - skipped", e)
+                if name in entries and self.enabled:  # out of the good set; the file stays
+                    entries[name]["bad"] = str(e)
+                    files.write_manifest(self.directory, entries)
         return None
+
+    def _newest_first(self, entries: dict[str, dict[str, Any]]) -> list[str]:
+        on_disk = {p.name: p for p in self.directory.glob("step-*.pt")}
+        when: dict[str, tuple[float, int]] = {
+            name: (float(e["time"]), int(e["step"])) for name, e in entries.items()
+        }
+        for name in on_disk.keys() - entries.keys():
+            step = files.step_of(name)
+            if step is not None:
+                with contextlib.suppress(OSError):
+                    when[name] = (on_disk[name].stat().st_mtime, step)
+        return sorted(when, key=lambda n: when[n], reverse=True)
 
     def load(self, path: Path) -> dict[str, Any]:
         """Load ``path``, verified against its directory's manifest when it is listed there."""
@@ -187,13 +200,16 @@ class Checkpointer:
             log.debug("removed %s (outside keep_last=%d / best)", old, self.keep_last)
 
     def _retained(self, entries: dict[str, dict[str, Any]]) -> set[str]:
-        """The last ``keep_last`` written, plus the best by ``best_metric`` when set.
+        """The last ``keep_last`` good ones written, the best by ``best_metric`` when set, and
+        every file marked bad (kept on disk for a look, never counted as one of the kept).
 
-        "Last" is by write time, not step, so a run restarted from an earlier step never prunes
-        the checkpoint it just wrote in favour of higher-step leftovers of the old run.
+        "Last" is by write time, the order `latest_good` resumes from: a run restarted from an
+        earlier step never prunes the checkpoint it just wrote (or the one it resumed from,
+        before a newer good one exists) in favour of higher-step leftovers of the old run.
         """
-        order = sorted(entries, key=lambda n: (entries[n]["time"], entries[n]["step"]))
-        keep = set(order[-self.keep_last :])
+        bad = {n for n, e in entries.items() if e.get("bad")}
+        order = sorted(entries.keys() - bad, key=lambda n: (entries[n]["time"], entries[n]["step"]))
+        keep = set(order[-self.keep_last :]) | bad
         metric = self.best_metric
         if metric is None:
             return keep
