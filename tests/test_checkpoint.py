@@ -387,3 +387,12 @@ def test_bad_files_leave_the_good_set_and_the_last_good_one_is_never_deleted(
     _, path = Checkpointer(tmp_path).latest_good()
     assert path.name == "step-00000004.pt"
     assert len(warnings_logged) == 2  # each bad file reported once, then skipped quietly
+
+
+def test_a_run_restarted_from_an_earlier_step_keeps_what_it_just_wrote(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, keep_last=2)
+    for step in (2, 4, 6):
+        ckpt.save(make_state(step), step=step, epoch=0)
+    restarted = Checkpointer(tmp_path, keep_last=1)  # resumed from step 2, say, and saves 3
+    restarted.save(make_state(3), step=3, epoch=0)
+    assert {p.name for p in tmp_path.glob("step-*.pt")} == {"step-00000003.pt"}
