@@ -115,7 +115,7 @@ def check_resume_file(path: Path) -> None:
     import torch
 
     from distrib.checkpoint import CheckpointError
-    from distrib.checkpoint.files import read_manifest, verify
+    from distrib.checkpoint.files import one_line, read_manifest, verify
     from distrib.config import ConfigError
 
     try:
@@ -126,7 +126,7 @@ def check_resume_file(path: Path) -> None:
     except CheckpointError as e:
         raise ConfigError("trainer.resume", message=f"trainer.resume: {e}") from None
     except Exception as e:  # not a torch zip file, or refused by weights_only
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = one_line(e)  # never torch's advice to load it with weights_only=False
         raise ConfigError("trainer.resume", message=f"trainer.resume: {path}: {reason}") from None
 
 

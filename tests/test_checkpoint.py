@@ -396,3 +396,20 @@ def test_a_run_restarted_from_an_earlier_step_keeps_what_it_just_wrote(tmp_path:
     restarted = Checkpointer(tmp_path, keep_last=1)  # resumed from step 2, say, and saves 3
     restarted.save(make_state(3), step=3, epoch=0)
     assert {p.name for p in tmp_path.glob("step-*.pt")} == {"step-00000003.pt"}
+
+
+def test_an_explicit_resume_file_that_would_run_code_is_refused_without_torchs_advice(
+    tmp_path: Path,
+) -> None:
+    # Seen before: the error repeated torch's advice to re-run with weights_only=False.
+    from distrib.train import preflight
+
+    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": RunsCode(f"touch {marker}")}, evil)
+    with pytest.raises(ConfigError) as err:
+        preflight([f"trainer.resume={evil}"])
+    message = str(err.value)
+    assert message.startswith(f"trainer.resume: {evil}: refused by weights_only=True:"), message
+    assert "False" not in message and "\n" not in message
+    assert not marker.exists()

@@ -153,7 +153,7 @@ def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise CheckpointError(path, f"unreadable manifest ({_one_line(e)})") from e
+        raise CheckpointError(path, f"unreadable manifest ({one_line(e)})") from e
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
         found = data.get("version") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(path, f"manifest version {found!r}, expected {MANIFEST_VERSION}")
@@ -217,13 +217,13 @@ def load_checkpoint(path: Path, entry: dict[str, Any] | None) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise CheckpointError(path, "missing") from e
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        raise CheckpointError(path, f"does not load ({_one_line(e)})") from e
+        raise CheckpointError(path, f"does not load ({one_line(e)})") from e
     if not isinstance(state, dict):
         raise CheckpointError(path, f"holds a {type(state).__name__}, expected a dict")
     return state
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """A one-line summary of ``error``; torch's load errors span paragraphs of advice.
 
     For a ``weights_only`` refusal, the useful line is the one naming the blocked global, which
