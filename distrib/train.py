@@ -165,7 +165,7 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
 
     if is_worker() or cfg.launcher.in_place:
         if not is_slurm_step(os.environ):
-            return fit(cfg, run_dir, group=group)
+            return _in_place(fit, cfg, run_dir, group)
         from distrib.slurm import REQUEUE_EXIT_CODE, join, requeue_or_exit
 
         join(run_dir / ".distrib", timeout_s=cfg.trainer.timeout_s)  # srun, hydra's submitit
@@ -201,6 +201,24 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         print(f"distrib: {e}", file=sys.stderr)
         sys.exit(REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum)
     return results[min(results)]
+
+
+def _in_place(fit: Any, cfg: Any, run_dir: Path, group: str | None) -> dict[str, Any]:
+    """Train in this process; a failure ends like a launched worker's: its traceback, then one
+    ``distrib:`` line -- not hydra's "Error executing job" paragraph."""
+    import traceback
+
+    from distrib.errors import ConfigError
+
+    try:
+        return fit(cfg, run_dir, group=group)
+    except ConfigError as e:
+        _fail(e)
+    except Exception as e:
+        traceback.print_exc()
+        said = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
+        _fail_run(f"{type(e).__name__}: {said}" if said else type(e).__name__)
+    raise AssertionError("unreachable")
 
 
 def _submit(values: dict, cfg: Any, run_dir: Path, group: str | None) -> dict[str, Any]:

@@ -107,3 +107,8 @@ class PoisonedAt(torch.utils.data.Dataset):
 def token_dataset(split: str = "train", hf_token: str | None = None, size: int = 640):
     """A user's dataset factory that takes a secret (as one reading a private hub would)."""
     return synthetic(split, size=size, features=16)
+
+
+def missing_file_dataset(split: str = "train", path: str = "/nonexistent/data.bin"):
+    """A user's dataset whose file is missing, raising as some readers do: without the path."""
+    raise FileNotFoundError(2, "No such file or directory")
