@@ -1,7 +1,8 @@
 """What stops a run that went wrong instead of letting it report success.
 
-A NaN/Inf loss (`NonFiniteLoss`, or skipped steps with ``trainer.nonfinite=skip``) and an
-epoch of zero optimizer steps (a training set smaller than one global batch).
+A NaN/Inf loss (`NonFiniteLoss`, or skipped steps with ``trainer.nonfinite=skip``), an epoch
+of zero optimizer steps (a training set smaller than one global batch), samples the trainer
+cannot read, and ranks that built different datasets (gloo would abort mid-epoch).
 """
 
 from __future__ import annotations
@@ -35,4 +36,39 @@ def check_steps(train_dl: Any, global_batch: int, world: int) -> None:
             message=f"data.train: {n} samples make 0 optimizer steps at "
             f"trainer.global_batch_size={global_batch} on {world} worker(s): every epoch drops "
             "its tail shorter than one global batch (use a smaller global batch or more data)",
+        )
+
+
+def input_target(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainer's contract with a dataset: each sample is an (input, target) pair."""
+    if isinstance(batch, list | tuple) and len(batch) == 2:
+        return batch[0], batch[1]
+    got = (
+        f"a dict with keys {sorted(batch)}"
+        if isinstance(batch, dict)
+        else f"a {type(batch).__name__}"
+        + (f" of {len(batch)}" if isinstance(batch, list | tuple) else "")
+    )
+    raise ConfigError(
+        "data.train",
+        message=f"data.train: each sample must be an (input, target) pair of tensors; got {got} "
+        "(return a tuple from __getitem__, or use the API in your own loop)",
+    )
+
+
+def same_length_everywhere(dataset: Any, ctx: Any) -> None:
+    """One collective at setup: ranks whose datasets differ would deadlock or abort later."""
+    if not ctx.is_distributed:
+        return
+    import torch.distributed as dist
+
+    n = torch.tensor([len(dataset), -len(dataset)], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    longest, shortest = int(n[0]), -int(n[1])
+    if longest != shortest:
+        raise ConfigError(
+            "data.train",
+            message=f"data.train: the ranks built training sets of different lengths "
+            f"({shortest} to {longest} samples); every rank must build the same dataset "
+            "(distrib shards it: do not split by rank in the dataset)",
         )

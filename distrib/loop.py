@@ -26,7 +26,13 @@ from distrib import preemption
 from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
-from distrib.guards import NonFiniteLoss, check_steps, grads_finite
+from distrib.guards import (
+    NonFiniteLoss,
+    check_steps,
+    grads_finite,
+    input_target,
+    same_length_everywhere,
+)
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.logs import setup_logging
 from distrib.metrics import Metrics, StepTimer, record_step, report
@@ -107,8 +113,10 @@ def fit(
         model = wrap(build(cfg.model), ctx, t.ddp)
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
+        train_ds = build(cfg.data["train"])
+        same_length_everywhere(train_ds, ctx)
         train_dl = loader(
-            build(cfg.data["train"]),
+            train_ds,
             batch_size=t.global_batch_size,
             ctx=ctx,
             seed=t.seed,
@@ -285,7 +293,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
     metrics, timer = Metrics(), StepTimer(ctx.device)
     step_loss: torch.Tensor | float = 0.0  # stays on the device: read back at log steps only
     step_samples = 0
-    for i, (x, y) in enumerate(timer.iterate(dl)):
+    for i, batch in enumerate(timer.iterate(dl)):
+        x, y = input_target(batch)
         first = i - i % t.grad_accum
         in_step = min(t.grad_accum, n_micro - first)  # the last step may be short
         last_micro = i - first == in_step - 1

@@ -112,3 +112,22 @@ def token_dataset(split: str = "train", hf_token: str | None = None, size: int =
 def missing_file_dataset(split: str = "train", path: str = "/nonexistent/data.bin"):
     """A user's dataset whose file is missing, raising as some readers do: without the path."""
     raise FileNotFoundError(2, "No such file or directory")
+
+
+class DictSamples(torch.utils.data.Dataset):
+    """Samples as dicts (``{"image": x, "label": y}``), as many vision datasets return them."""
+
+    def __init__(self, split: str = "train", size: int = 640):
+        self.data = synthetic(split, size=size, features=16)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x, y = self.data[i]
+        return {"image": x, "label": y}
+
+
+def per_rank_dataset(split: str = "train", size: int = 640):
+    """A dataset that comes out a different size on each rank (a per-rank split gone wrong)."""
+    return synthetic(split, size=size + 64 * int(os.environ.get("RANK", "0")), features=16)

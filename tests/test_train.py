@@ -354,3 +354,24 @@ def test_one_worker_failing_ends_with_distribs_line_not_hydras_paragraph(tmp_pat
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("distrib: error: ") and "No such file or directory" in last, last
     assert "fixtures.missing_file_dataset" in last  # which target failed
+
+
+@pytest.mark.parametrize(
+    "target, nproc, expected",
+    [
+        # seen before: 'str' object has no attribute 'to'
+        ("fixtures.DictSamples", 1, "distrib: error: data.train: each sample must be an (input, "
+         "target) pair of tensors; got a dict with keys ['image', 'label']"),
+        # seen before: SIGABRT (gloo::EnforceNotMet) and no hint
+        ("fixtures.per_rank_dataset", 2, "data.train: the ranks built training sets of "
+         "different lengths (512 to 563 samples)"),
+    ],
+)  # fmt: skip
+def test_data_the_trainer_cannot_use_is_one_line(tmp_path: Path, target, nproc, expected):
+    res = train_cli(
+        tmp_path / "run", "model=mlp", "model.in_features=16", f"data.train._target_={target}",
+        "data.eval._target_=fixtures.Recorded", "trainer.global_batch_size=32", nproc=nproc,
+    )  # fmt: skip
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert expected in last, res.stderr[-2000:]
