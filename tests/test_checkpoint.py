@@ -413,3 +413,27 @@ def test_an_explicit_resume_file_that_would_run_code_is_refused_without_torchs_a
     assert message.startswith(f"trainer.resume: {evil}: refused by weights_only=True:"), message
     assert "False" not in message and "\n" not in message
     assert not marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_is_one_line_that_says_so_and_keeps_the_previous_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # Seen before: RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos ...
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        ckpt = Checkpointer(disk, keep_last=3)
+        ckpt.save(make_state(1), step=1, epoch=0)
+        big = {"model": {"w": torch.zeros(2**19)}}  # 2 MiB on a 1 MiB disk
+        with pytest.raises(CheckpointError) as err:
+            ckpt.save(big, step=2, epoch=0)
+        message = str(err.value)
+        assert message.startswith(f"{disk / 'step-00000002.pt'}: no space left on device")
+        assert "\n" not in message
+        assert {p.name for p in disk.iterdir()} == {"step-00000001.pt", "manifest.json", "latest"}
+        _, path = ckpt.latest_good()
+        assert path.name == "step-00000001.pt"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -18,11 +18,13 @@ would run code when unpickled is refused rather than executed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,17 @@ class _HashingWriter:
         self._raw.flush()
 
 
+def _out_of_space(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "unexpected pos" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _fsync_dir(directory: Path) -> None:
     """Persist a rename: without this the new directory entry can be lost on power failure."""
     fd = os.open(directory, os.O_RDONLY)
@@ -96,9 +109,14 @@ def _replace_atomic(directory: Path, final: Path, write: Any) -> Any:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if _out_of_space(e):  # torch buries ENOSPC under "enforce fail ... unexpected pos"
+            free = shutil.disk_usage(directory).free
+            raise CheckpointError(
+                final, f"no space left on device ({free / 2**20:.0f} MiB free in {directory})"
+            ) from e
         raise
     _fsync_dir(directory)
     return result
