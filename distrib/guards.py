@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from distrib.errors import ConfigError
+from distrib.secrets import redact
 
 
 class NonFiniteLoss(RuntimeError):
@@ -72,3 +73,24 @@ def same_length_everywhere(dataset: Any, ctx: Any) -> None:
             f"({shortest} to {longest} samples); every rank must build the same dataset "
             "(distrib shards it: do not split by rank in the dataset)",
         )
+
+
+class BuildFailed(RuntimeError):
+    """A user's class or function raised while being built; names the key and its arguments."""
+
+
+def build_named(key: str, node: dict) -> Any:
+    """`build`, with a failure naming the config key and the arguments it was called with --
+    the path a dataset could not open is usually one of them, even when its error omits it."""
+    try:
+        from distrib.config import build
+
+        return build(node)
+    except Exception as e:
+        cause = e.__cause__ or e  # hydra wraps the user's exception in InstantiationException
+        args = ", ".join(
+            f"{k}={v!r}" for k, v in redact(node).items() if not str(k).startswith("_")
+        )
+        raise BuildFailed(
+            f"{key}: {node.get('_target_')}({args}) raised {type(cause).__name__}: {cause}"
+        ) from e

@@ -28,6 +28,7 @@ from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
 from distrib.guards import (
     NonFiniteLoss,
+    build_named,
     check_steps,
     grads_finite,
     input_target,
@@ -110,10 +111,10 @@ def fit(
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_all(t.seed)  # same seed everywhere: equal replicas before DDP even broadcasts
-        model = wrap(build(cfg.model), ctx, t.ddp)
+        model = wrap(build_named("model", cfg.model), ctx, t.ddp)
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
-        train_ds = build(cfg.data["train"])
+        train_ds = build_named("data.train", cfg.data["train"])
         same_length_everywhere(train_ds, ctx)
         train_dl = loader(
             train_ds,
@@ -126,7 +127,7 @@ def fit(
             on_device=t.data_on_device,
         )
         eval_dl = eval_loader(
-            build(cfg.data["eval"]),
+            build_named("data.eval", cfg.data["eval"]),
             batch_size=t.eval_batch_size,
             ctx=ctx,
             num_workers=t.num_workers,

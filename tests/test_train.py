@@ -348,12 +348,19 @@ def test_sigterm_while_a_rank_hangs_does_not_claim_a_checkpoint(tmp_path: Path):
 
 def test_one_worker_failing_ends_with_distribs_line_not_hydras_paragraph(tmp_path: Path):
     # Seen before: with one worker the run printed hydra's "Error executing job" paragraph.
-    res = train_cli(tmp_path / "run", "data.train._target_=fixtures.missing_file_dataset", nproc=1)
+    # Also seen: FileNotFoundError(2, 'No such file or directory') without the path.
+    res = train_cli(
+        tmp_path / "run",
+        "data.train._target_=fixtures.missing_file_dataset",
+        "+data.train.path=/nonexistent/train.bin",
+        nproc=1,
+    )
     assert res.returncode == 1
     assert "Error executing job" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("distrib: error: ") and "No such file or directory" in last, last
-    assert "fixtures.missing_file_dataset" in last  # which target failed
+    assert last.startswith("distrib: error: BuildFailed: data.train: "), last
+    assert "fixtures.missing_file_dataset(split='train', path='/nonexistent/train.bin')" in last
+    assert last.endswith("raised FileNotFoundError: [Errno 2] No such file or directory"), last
 
 
 @pytest.mark.parametrize(
