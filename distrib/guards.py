@@ -63,14 +63,16 @@ def same_length_everywhere(dataset: Any, ctx: Any) -> None:
         return
     import torch.distributed as dist
 
-    n = torch.tensor([len(dataset), -len(dataset)], dtype=torch.int64, device=ctx.device)
-    dist.all_reduce(n, op=dist.ReduceOp.MAX)
-    longest, shortest = int(n[0]), -int(n[1])
-    if longest != shortest:
+    mine = torch.tensor([len(dataset)], dtype=torch.int64, device=ctx.device)
+    every = torch.zeros(ctx.world_size, dtype=torch.int64, device=ctx.device)
+    dist.all_gather_into_tensor(every, mine)
+    lengths = every.tolist()
+    if len(set(lengths)) > 1:
+        each = ", ".join(f"rank {r}: {n}" for r, n in enumerate(lengths))
         raise ConfigError(
             "data.train",
             message=f"data.train: the ranks built training sets of different lengths "
-            f"({shortest} to {longest} samples); every rank must build the same dataset "
+            f"({each}); every rank must build the same dataset "
             "(distrib shards it: do not split by rank in the dataset)",
         )
 

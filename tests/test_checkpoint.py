@@ -430,7 +430,8 @@ def test_a_full_disk_is_one_line_that_says_so_and_keeps_the_previous_checkpoint(
         with pytest.raises(CheckpointError) as err:
             ckpt.save(big, step=2, epoch=0)
         message = str(err.value)
-        assert message.startswith(f"{disk / 'step-00000002.pt'}: no space left on device")
+        assert message.startswith(f"{disk / 'step-00000002.pt'}: disk full on {disk} (")
+        assert "MiB free, ~2.0 MiB needed)" in message
         assert "\n" not in message
         assert {p.name for p in disk.iterdir()} == {"step-00000001.pt", "manifest.json", "latest"}
         _, path = ckpt.latest_good()

@@ -96,18 +96,22 @@ def test_a_secret_on_the_command_line_reaches_no_file_of_the_run(tmp_path):
     from helpers import run_cli
 
     secret = "hf_Zq8sEcReTvAlUe42"
+    env_secret = "envS3cretV4lue987"  # and one in the environment
     run_dir = tmp_path / "run"
     res = run_cli(
         sys.executable, "-m", "distrib.train", "model=mlp", "model.in_features=16",
         "data.train._target_=fixtures.token_dataset", f"+data.train.hf_token={secret}",
         "data.eval._target_=fixtures.token_dataset", "trainer.epochs=1", "trainer.max_steps=3",
         "trainer.global_batch_size=32", "logger=[console,jsonl,wandb]",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"WANDB_MODE": "offline"},
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        env={"WANDB_MODE": "offline", "MY_SERVICE_API_TOKEN": env_secret},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     files = [p for p in Path(run_dir).rglob("*") if p.is_file()]
     assert any(p.name == "overrides.yaml" for p in files)
     assert any(p.suffix == ".wandb" for p in files)
-    leaked = [str(p.relative_to(run_dir)) for p in files if secret.encode() in p.read_bytes()]
-    assert leaked == []
-    assert secret not in res.stdout + res.stderr
+    assert any(p.parent.name == "logs" for p in files)  # the per-rank log files are searched
+    for value in (secret, env_secret):
+        leaked = [str(p.relative_to(run_dir)) for p in files if value.encode() in p.read_bytes()]
+        assert leaked == [], value
+        assert value not in res.stdout + res.stderr

@@ -371,7 +371,7 @@ def test_one_worker_failing_ends_with_distribs_line_not_hydras_paragraph(tmp_pat
          "target) pair of tensors; got a dict with keys ['image', 'label']"),
         # seen before: SIGABRT (gloo::EnforceNotMet) and no hint
         ("fixtures.per_rank_dataset", 2, "data.train: the ranks built training sets of "
-         "different lengths (512 to 563 samples)"),
+         "different lengths (rank 0: 512, rank 1: 563)"),
     ],
 )  # fmt: skip
 def test_data_the_trainer_cannot_use_is_one_line(tmp_path: Path, target, nproc, expected):

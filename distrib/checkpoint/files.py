@@ -100,7 +100,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace_atomic(directory: Path, final: Path, write: Any) -> Any:
+def _replace_atomic(directory: Path, final: Path, write: Any, needed: int = 0) -> Any:
     """Call ``write(file)`` on a fresh temp in ``directory``, fsync it, rename it onto ``final``."""
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
@@ -114,8 +114,9 @@ def _replace_atomic(directory: Path, final: Path, write: Any) -> Any:
             os.unlink(tmp)
         if _out_of_space(e):  # torch buries ENOSPC under "enforce fail ... unexpected pos"
             free = shutil.disk_usage(directory).free
+            need = f", ~{needed / 2**20:.1f} MiB needed" if needed else ""
             raise CheckpointError(
-                final, f"no space left on device ({free / 2**20:.0f} MiB free in {directory})"
+                final, f"disk full on {directory} ({free / 2**20:.1f} MiB free{need})"
             ) from e
         raise
     _fsync_dir(directory)
@@ -136,7 +137,18 @@ def save_atomic(obj: dict[str, Any], path: Path) -> tuple[int, str]:
         torch.save(obj, writer)
         return writer.size, writer.sha256.hexdigest()
 
-    return _replace_atomic(path.parent, path, write)
+    return _replace_atomic(path.parent, path, write, needed=_tensor_bytes(obj))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Roughly what ``torch.save`` of ``obj`` needs on disk: its tensors' bytes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def write_text_atomic(path: Path, text: str) -> None:
