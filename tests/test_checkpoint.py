@@ -146,9 +146,11 @@ def test_file_that_would_execute_code_is_refused(tmp_path: Path, warnings_logged
         "epoch": 0,
         "metrics": {},
         "sha256": hashlib.sha256(evil.read_bytes()).hexdigest(),
-        "time": time.time() + 1,  # the newest written: resume tries it first
+        "time": time.time() + 1,
+        "parent": "step-00000001.pt",
     }
     files.write_manifest(tmp_path, entries)  # a valid checksum: only weights_only stands guard
+    (tmp_path / "latest").write_text(evil.name + "\n")  # the head: resume tries it first
 
     loaded, path = ckpt.latest_good()
     assert path.name == "step-00000001.pt"
@@ -438,3 +440,66 @@ def test_a_full_disk_is_one_line_that_says_so_and_keeps_the_previous_checkpoint(
         assert path.name == "step-00000001.pt"
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def _expected_resume(parent: dict[str, str | None], head: str | None, good: set[str], d: Path):
+    """The test's own model: the newest good file on disk along the lineage from ``head``;
+    else (the whole lineage bad or gone) the newest-written good file on disk."""
+    name, seen = head, set()
+    while name and name not in seen:
+        seen.add(name)
+        if name in good and (d / name).exists():
+            return name
+        name = parent.get(name)
+    return None
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_random_saves_resumes_corruptions_and_deletions_resume_the_lineages_newest_good(
+    tmp_path: Path, seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    keep = rng.choice([1, 2, 3])
+    ckpt = Checkpointer(tmp_path, keep_last=keep)
+    parent: dict[str, str | None] = {}
+    good: set[str] = set()
+    head: str | None = None
+    step = 0
+    for _ in range(rng.randint(4, 14)):
+        on_disk = sorted(p.name for p in tmp_path.glob("step-*.pt"))
+        op = rng.choices(["save", "resume", "corrupt", "delete", "crash"], [5, 2, 1, 1, 2])[0]
+        if op == "save":
+            step += rng.randint(1, 3)
+            ckpt.save({"step": torch.tensor(step)}, step=step, epoch=0)
+            name = files.checkpoint_name(step)
+            parent[name], head = head, name
+            good.add(name)
+            assert any(n in good for n in (p.name for p in tmp_path.glob("step-*.pt")))
+        elif op == "resume" and (choices := [n for n in on_disk if n in good]):
+            name = rng.choice(choices)  # trainer.resume=<that file>
+            ckpt.load(tmp_path / name)
+            head, step = name, files.step_of(name) or 0
+        elif op == "corrupt" and on_disk:
+            victim = tmp_path / rng.choice(on_disk)
+            victim.write_bytes(victim.read_bytes()[:-7])  # truncated: bad however often it is hit
+            good.discard(victim.name)
+        elif op == "delete" and on_disk:
+            victim = tmp_path / rng.choice(on_disk)
+            victim.unlink()
+            good.discard(victim.name)
+        elif op == "crash":  # a new process resumes with trainer.resume=auto
+            ckpt = Checkpointer(tmp_path, keep_last=keep)
+            found = ckpt.latest_good()
+            expected = _expected_resume(parent, head, good, tmp_path)
+            if expected is not None:
+                assert found is not None and found[1].name == expected, (seed, expected)
+                head, step = expected, files.step_of(expected) or 0
+            elif found is not None:  # nothing good on the lineage: the newest good elsewhere
+                assert found[1].name in good
+                head, step = found[1].name, files.step_of(found[1].name) or 0
+    found = Checkpointer(tmp_path).latest_good()
+    expected = _expected_resume(parent, head, good, tmp_path)
+    if expected is not None:
+        assert found is not None and found[1].name == expected, (seed, expected)

@@ -66,6 +66,8 @@ class Checkpointer:
         self.best_mode = best_mode
         self.async_save = async_save
         self.enabled = enabled
+        self.head: str | None = None
+        """The checkpoint this run continues from: the last one saved, or resumed from."""
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         if enabled:
@@ -94,10 +96,12 @@ class Checkpointer:
         meta = {
             "step": int(step),
             "epoch": int(epoch),
+            "parent": self.head,  # the lineage: what this run continued from
             "metrics": {  # NaN/Inf: null, neither best nor invalid JSON
                 k: float(v) if math.isfinite(float(v)) else None for k, v in (metrics or {}).items()
             },
         }
+        self.head = files.checkpoint_name(step)
         if self._executor is None:
             self._write(state, meta)
             return
@@ -139,18 +143,47 @@ class Checkpointer:
         if not self.directory.is_dir():
             return None
         entries = self._entries()
-        for name in self._newest_first(entries):
+        for name in self._lineage_first(entries):
             path = self.directory / name
             if entries.get(name, {}).get("bad"):
                 continue
             try:
-                return files.load_checkpoint(path, entries.get(name)), path
+                state = files.load_checkpoint(path, entries.get(name))
+                self.head = name
+                return state, path
             except CheckpointError as e:
                 log.warning("%s - skipped", e)
                 if name in entries and self.enabled:  # out of the good set; the file stays
                     entries[name]["bad"] = str(e)
                     files.write_manifest(self.directory, entries)
         return None
+
+    def _lineage_first(self, entries: dict[str, dict[str, Any]]) -> list[str]:
+        """Candidates in resume order: the current lineage -- from its head (``latest``: the
+        last checkpoint saved, or explicitly resumed from) back through each checkpoint's
+        parent -- then any other checkpoint, newest written first."""
+        order = self._newest_first(entries)
+        try:
+            head = (self.directory / files.LATEST).read_text().strip()
+        except OSError:
+            head = ""
+        chain: list[str] = []
+        name = head if head in entries or head in order else (order[0] if order else "")
+        while name and name not in chain and (name in entries or name in order):
+            chain.append(name)
+            name = entries.get(name, {}).get("parent") or ""
+        # A file the manifest misses, written after the head: the save a crash interrupted
+        # between its rename and the manifest update -- the lineage's newest.
+        since = entries.get(chain[0], {}).get("time", 0.0) if chain else 0.0
+        unlisted = [n for n in order if n not in entries and self._mtime(n) > since]
+        chain = unlisted + [n for n in chain if n not in unlisted]
+        return chain + [n for n in order if n not in chain]
+
+    def _mtime(self, name: str) -> float:
+        try:
+            return (self.directory / name).stat().st_mtime
+        except OSError:
+            return 0.0
 
     def _newest_first(self, entries: dict[str, dict[str, Any]]) -> list[str]:
         on_disk = {p.name: p for p in self.directory.glob("step-*.pt")}
@@ -165,11 +198,20 @@ class Checkpointer:
         return sorted(when, key=lambda n: when[n], reverse=True)
 
     def load(self, path: Path) -> dict[str, Any]:
-        """Load ``path``, verified against its directory's manifest when it is listed there."""
+        """Load ``path``, verified against its directory's manifest when it is listed there.
+
+        A checkpoint of this directory becomes the head of the run's lineage, recorded in
+        ``latest`` at once: a crash before the next save still resumes from there.
+        """
         path = Path(path)
         self.wait()
         entry = files.read_manifest(path.parent).get(path.name)
-        return files.load_checkpoint(path, entry)
+        state = files.load_checkpoint(path, entry)
+        if path.parent.resolve() == self.directory.resolve() and self.head != path.name:
+            self.head = path.name
+            if self.enabled:
+                files.write_text_atomic(self.directory / files.LATEST, path.name + "\n")
+        return state
 
     def _entries(self) -> dict[str, dict[str, Any]]:
         """The manifest, or empty (with a warning) when it is unreadable.
