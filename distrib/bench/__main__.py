@@ -1,12 +1,18 @@
-"""``python -m distrib.bench [checkpoint] [options]``: run one benchmark (default: all)."""
+"""``python -m distrib.bench [checkpoint|data|scaling] [options]``: run one benchmark (default: all,
+each with its short default; ``make bench``)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from distrib.bench import checkpoint
+from distrib.bench import checkpoint, data, scaling
 
-BENCHMARKS = {"checkpoint": checkpoint.main}
+BENCHMARKS: dict[str, Callable[[list[str]], int | None]] = {
+    "checkpoint": checkpoint.main,
+    "data": data.main,
+    "scaling": scaling.main,
+}
 
 
 def main(argv: list[str]) -> int:
@@ -14,17 +20,14 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     if argv and argv[0] in BENCHMARKS:
-        BENCHMARKS[argv[0]](argv[1:])
-        return 0
+        return BENCHMARKS[argv[0]](argv[1:]) or 0
     if argv:
         print(
             f"distrib.bench: unknown benchmark {argv[0]!r}; expected {' or '.join(BENCHMARKS)}",
             file=sys.stderr,
         )
         return 2
-    for run in BENCHMARKS.values():
-        run([])
-    return 0
+    return max([run([]) or 0 for run in BENCHMARKS.values()])
 
 
 if __name__ == "__main__":

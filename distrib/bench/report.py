@@ -1,0 +1,173 @@
+"""The scaling benchmark's outputs: a markdown table, results.json and scaling.png.
+
+matplotlib is optional (``pip install 'distrib[bench]'``) and imported here only, with the
+Agg backend: the benchmark runs on headless machines, and without matplotlib it still
+writes the table and the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+_COLUMNS = (
+    ("samples_per_s", "samples/s", "{:,.0f}"),
+    ("step_ms_median", "step ms (median)", "{:.2f}"),
+    ("step_ms_p90", "step ms (p90)", "{:.2f}"),
+    ("launch_to_first_step_s", "launch to 1st step s", "{:.2f}"),
+    ("peak_mib", "peak MiB", "{:,.0f}"),
+    ("first_step_loss", "1st-step loss", "{:.7f}"),
+    ("scaling_eff", "scaling eff", "{:.2f}"),
+)
+
+
+def _fmt(value: Any, spec: str = "{:.3f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return spec.format(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Per-way numbers, the derived ratios, and time to accuracy, as markdown tables."""
+    c = result["config"]
+    n = c["workers"]
+    lines = [
+        f"## Scaling: {n} workers vs 1 -- {c['device']}, {c['cores']} cores, torch {c['torch']}",
+        f"median of {c['repeats']} interleaved repeats after a warm-up; peak memory per worker "
+        "(RSS, or CUDA max allocated)",
+        "",
+        "| workload | way | workers | " + " | ".join(h for _, h, _ in _COLUMNS) + " |",
+        "|---|---|---" + "|---" * len(_COLUMNS) + "|",
+    ]
+    for name, wl in result["workloads"].items():
+        for way, row in wl["ways"].items():
+            head = f"| {name} | {way} | {row['workers']} |"
+            why = row.get("skipped") or row.get("error")
+            if why:
+                label = "skipped" if "skipped" in row else "failed"
+                lines.append(
+                    f"{head} {label}: {why.splitlines()[0]} |" + " |" * (len(_COLUMNS) - 1)
+                )
+                continue
+            cells = [_fmt(row.get(key), spec) for key, _, spec in _COLUMNS]
+            lines.append(f"{head} " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"| workload | scaling eff distrib | scaling eff raw DDP | distrib {n} / raw DDP {n} "
+        "step time | trainer 1 / plain step time | 1st-step loss spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, wl in result["workloads"].items():
+        d = wl["derived"]
+        cells = [
+            _fmt(d["scaling_eff_distrib"], "{:.2f}"),
+            _fmt(d["scaling_eff_raw_ddp"], "{:.2f}"),
+            _fmt(d["distrib_over_raw_ddp_step_time"], "{:.2f}"),
+            _fmt(d["trainer1_over_plain_step_time"], "{:.2f}"),
+            _fmt(d["first_step_loss_spread"], "{:.1e}"),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _tta_lines(result.get("time_to_accuracy"))
+    return "\n".join(lines)
+
+
+def _tta_lines(tta: dict[str, Any] | None) -> list[str]:
+    if not tta:
+        return []
+    first = next((r for r in tta.values() if "error" not in r), {})
+    lines = [
+        "",
+        f"| time to {first.get('target', 0.97):.0%} test accuracy (digits, cnn) | workers | "
+        f"wall s | {first.get('resource', 'core-seconds')} | epochs run | final acc | "
+        "wall s of each run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for way, r in tta.items():
+        if "error" in r:
+            lines.append(f"| {way} | {r['workers']} | failed: {r['error'].splitlines()[0]} |||||")
+            continue
+        runs = ", ".join(_fmt(t, "{:.2f}") for t in r["wall_s_runs"])
+        lines.append(
+            f"| {way} | {r['workers']} | {_fmt(r['wall_s'], '{:.2f}')} | "
+            f"{_fmt(r['resource_s'], '{:.1f}')} | {r['epochs']} | "
+            f"{_fmt(r['final_acc'], '{:.3f}')} | {runs} |"
+        )
+    return lines
+
+
+def write(result: dict[str, Any], table: str, out: Path) -> None:
+    """results.json, results.md and (where matplotlib is installed) scaling.png in ``out``."""
+    (out / "results.json").write_text(json.dumps(_strict(result), indent=2) + "\n")
+    (out / "results.md").write_text(table + "\n")
+    try:
+        plot(result, out / "scaling.png")
+    except ImportError:
+        print(
+            "distrib.bench scaling: no scaling.png: matplotlib is not installed "
+            "(pip install 'distrib[bench]')",
+            file=sys.stderr,
+        )
+
+
+def _strict(value: Any) -> Any:
+    """NaN (a number that was not measured) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Left: throughput against workers, per workload and family. Right: test accuracy
+    against wall time for the time-to-accuracy runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {"distrib": "-o", "torch": "--s", "fabric": ":^", "accelerate": ":v"}
+    labels = {
+        "distrib": "distrib (trainer at 1)",
+        "torch": "raw DDP (plain at 1)",
+        "fabric": "Fabric (plain at 1)",
+        "accelerate": "Accelerate (plain at 1)",
+    }
+    for i, (name, wl) in enumerate(result["workloads"].items()):
+        color = f"C{i}"
+        for family, style in styles.items():
+            rows = [r for r in wl["ways"].values() if r["family"] == family]
+            if family in ("fabric", "accelerate"):  # N workers only; their 1 is the plain loop
+                rows = [wl["ways"]["plain"], *rows]
+            points = sorted(
+                (r["workers"], r["samples_per_s"]) for r in rows if "samples_per_s" in r
+            )
+            if len(points) > 1 or (points and family == "distrib"):
+                xs, ys = zip(*points, strict=True)
+                left.plot(xs, ys, style, color=color, label=f"{name}: {labels[family]}")
+    left.set(xlabel="workers", ylabel="samples/s", yscale="log", title="throughput vs workers")
+    left.set_xticks(
+        sorted({r["workers"] for wl in result["workloads"].values() for r in wl["ways"].values()})
+    )
+    left.legend(fontsize=7)
+    tta = {k: r for k, r in (result.get("time_to_accuracy") or {}).items() if "error" not in r}
+    for way, r in tta.items():
+        if r["curve"]:
+            xs, ys = zip(*r["curve"], strict=True)
+            right.plot(xs, ys, "-o", label=f"{way} ({_fmt(r['wall_s'], '{:.1f}')} s)")
+    if tta:
+        target = next(iter(tta.values()))["target"]
+        right.axhline(target, color="grey", linestyle=":", label=f"target {target:.0%}")
+    right.set(
+        xlabel="wall seconds since start", ylabel="test accuracy", title="time to accuracy (digits)"
+    )
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,65 @@
+"""The scaling benchmark (distrib/bench/scaling.py): it runs end to end, writes its outputs,
+and every way trains the same model. Timings are never asserted: they are the benchmark's
+output, not a property of the code, and this machine is shared."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_scaling_tiny_reports_every_way_and_every_way_trains_the_same_model(tmp_path: Path):
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "distrib.bench", "scaling", "--tiny", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"results in {out}/" in proc.stdout
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["workloads"]) == {"compute", "comm", "launch"}
+    for name, workload in result["workloads"].items():
+        ways = workload["ways"]
+        assert {"plain", "trainer 1", "distrib 2", "raw DDP 2"} <= set(ways)
+        losses = {}
+        for way, row in ways.items():
+            assert f"| {name} | {way} | {row['workers']} |" in proc.stdout  # a table row each
+            assert "error" not in row, f"{name}/{way}: {row.get('error')}"
+            if "skipped" in row:  # Fabric / Accelerate where not installed
+                continue
+            assert row["samples_per_s"] > 0 and row["launch_to_first_step_s"] > 0
+            losses[way] = row["first_step_loss"]
+        # same init, same samples in the same order: equal up to float summation order
+        assert max(losses.values()) - min(losses.values()) < 1e-6, (name, losses)
+    tta = result["time_to_accuracy"]
+    assert set(tta) == {"trainer 1", "distrib 2"}
+    for run in tta.values():
+        assert len(run["curve"]) == run["epochs"] >= 1
+        assert all(0.0 <= acc <= 1.0 for _, acc in run["curve"])
+
+
+def test_raw_ddp_script_imports_nothing_of_distrib():
+    """Run by path (as torchrun does), the baseline script must time torch alone."""
+    script = REPO / "distrib" / "bench" / "raw_ddp.py"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()]
+    assert "workloads" in imported
+    assert not [m for m in imported if m == "distrib" or m.startswith("distrib.")]
