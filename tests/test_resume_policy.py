@@ -64,3 +64,25 @@ def test_the_global_batch_may_change_when_the_user_opts_in(tmp_path: Path):
         tmp_path, lambda v: v["trainer"].update(global_batch_size=64, allow_batch_change=True)
     )
     assert res["error"] == ""
+
+
+def test_a_checkpoint_of_another_model_shape_names_the_file_and_the_first_mismatch(tmp_path):
+    # Seen before: a multi-line load_state_dict traceback that does not name the checkpoint.
+    import torch
+
+    from distrib.errors import ConfigError
+    from distrib.models import MLP
+    from distrib.process_group import current
+    from distrib.train_state import TrainState, capture, restore
+
+    small, wide = MLP(16, 32), MLP(16, 64)
+    opt = torch.optim.SGD(small.parameters(), lr=0.1)
+    data = capture(model=small, optimizer=opt, scheduler=None, state=TrainState(),
+                   ctx=current(), global_batch=32, config={})  # fmt: skip
+    path = tmp_path / "step-00000010.pt"
+    with pytest.raises(ConfigError) as err:
+        restore(data, path, model=wide, optimizer=torch.optim.SGD(wide.parameters(), lr=0.1),
+                scheduler=None, ctx=current(), seed=0)  # fmt: skip
+    message = str(err.value)
+    assert message.startswith(f"{path}: the model does not match it: size mismatch for net.1.")
+    assert "\n" not in message
