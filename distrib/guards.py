@@ -64,9 +64,9 @@ def same_length_everywhere(dataset: Any, ctx: Any) -> None:
     import torch.distributed as dist
 
     mine = torch.tensor([len(dataset)], dtype=torch.int64, device=ctx.device)
-    every = torch.zeros(ctx.world_size, dtype=torch.int64, device=ctx.device)
-    dist.all_gather_into_tensor(every, mine)
-    lengths = every.tolist()
+    every = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(every, mine)
+    lengths = torch.cat(every).tolist()
     if len(set(lengths)) > 1:
         each = ", ".join(f"rank {r}: {n}" for r, n in enumerate(lengths))
         raise ConfigError(

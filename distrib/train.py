@@ -223,29 +223,15 @@ def _in_place(fit: Any, cfg: Any, run_dir: Path, group: str | None) -> dict[str,
 
 def _submit(values: dict, cfg: Any, run_dir: Path, group: str | None) -> dict[str, Any]:
     """``launcher=slurm``: submit, say where to look, and with ``launcher.wait`` follow."""
-    from distrib.launch.slurm import SubmitFailed, describe, follow, submit
+    from distrib.launch.slurm import run_job
     from distrib.slurm import train_task
 
-    try:
-        job = submit(
-            train_task,
-            (values, str(run_dir), group),
-            slurm_options(cfg.launcher),
-            run_dir / "slurm",
-        )
-    except SubmitFailed as e:
-        _fail_run(e)
-    print(describe(job, run_dir), flush=True)
-    if not cfg.launcher.wait:
-        return {"job_id": job.job_id}
-    try:
-        result = follow(
-            job, on_state=lambda s: print(f"distrib: job {job.job_id}: {s}", flush=True)
-        )
-    except Exception as e:  # submitit's FailedJobError: the failed task's log tail included
-        print(str(e).rstrip(), file=sys.stderr)
-        _fail_run(f"SLURM job {job.job_id} failed (logs: {job.paths.stderr})")
-    print(f"distrib: SLURM job {job.job_id} completed", flush=True)
+    options = slurm_options(cfg.launcher)
+    code, result = run_job(
+        train_task, (values, str(run_dir), group), options, run_dir, wait=cfg.launcher.wait
+    )
+    if code:
+        sys.exit(code)
     return result
 
 

@@ -91,12 +91,17 @@ def run(spec: w.Workload, *, steps: int, via: str = "torch") -> dict:
     )
     clock = w.StepClock(device)
     first = w.train_steps(model, opt, batches, device, clock, steps=steps, backward=backward)
-    result = {"first_loss": first, **clock.summary(spec.warmup_steps)}
+    return {"first_loss": first, **clock.summary(spec.warmup_steps)}
+
+
+def _teardown() -> None:
+    """After the DDP model is gone (its reducer still holds the group: destroying the group
+    under it aborts the process with "terminate called without an active exception"), and
+    once every rank is done: no rank closes connections a peer still uses."""
     if dist.is_initialized():
-        # no rank tears down its connections while a peer still uses them
+        device = w.device_for(int(os.environ["LOCAL_RANK"]))
         dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
         dist.destroy_process_group()
-    return result
 
 
 def main() -> None:
@@ -109,6 +114,7 @@ def main() -> None:
     result = run(w.Workload.from_dict(json.loads(args.spec)), steps=args.steps, via=args.via)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(result))
+    _teardown()  # run()'s model is freed by now
 
 
 if __name__ == "__main__":

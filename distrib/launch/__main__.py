@@ -107,7 +107,7 @@ def _submit(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     import datetime
     from pathlib import Path
 
-    from distrib.launch.slurm import SlurmOptions, SubmitFailed, describe, follow, submit
+    from distrib.launch.slurm import SlurmOptions, run_job
 
     try:
         extra = dict(kv.split("=", 1) if "=" in kv else (kv, True) for kv in ns.sbatch)
@@ -130,24 +130,9 @@ def _submit(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from distrib.slurm import script_task
 
     target = ns.target if ns.module else str(Path(ns.target).resolve())
-    try:
-        job = submit(
-            script_task, (target, ns.args, ns.module, str(run_dir)), options, run_dir / "slurm"
-        )
-    except SubmitFailed as e:
-        print(f"distrib: error: {e}", file=sys.stderr)
-        return 1
-    print(describe(job, run_dir), flush=True)
-    if not ns.wait:
-        return 0
-    try:
-        follow(job, on_state=lambda s: print(f"distrib: job {job.job_id}: {s}", flush=True))
-    except Exception as e:
-        print(str(e).rstrip(), file=sys.stderr)
-        print(f"distrib: error: SLURM job {job.job_id} failed ({ns.target})", file=sys.stderr)
-        return 1
-    print(f"distrib: SLURM job {job.job_id} completed", flush=True)
-    return 0
+    code, _ = run_job(script_task, (target, ns.args, ns.module, str(run_dir)), options, run_dir,
+                      wait=ns.wait)  # fmt: skip
+    return code
 
 
 if __name__ == "__main__":

@@ -153,3 +153,32 @@ def follow(
                 break
         time.sleep(1.0)
     return job.results()[0]
+
+
+def run_job(
+    fn: Callable[..., Any], args: tuple, options: SlurmOptions, run_dir: Path, *, wait: bool
+) -> tuple[int, Any]:
+    """Submit, print where to look, and with ``wait`` follow the job to its end; return the
+    exit status for the command line (0 or 1) and task 0's result (the job id without wait).
+    Every failure is said on stderr: sbatch's reason, or the failed task's log tail + a line."""
+    try:
+        job = submit(fn, args, options, run_dir / "slurm")
+    except SubmitFailed as e:
+        print(f"distrib: error: {e}", file=sys.stderr)
+        return 1, None
+    print(describe(job, run_dir), flush=True)
+    if not wait:
+        return 0, {"job_id": job.job_id}
+    try:
+        result = follow(
+            job, on_state=lambda s: print(f"distrib: job {job.job_id}: {s}", flush=True)
+        )
+    except Exception as e:  # submitit's FailedJobError: the failed task's log tail included
+        print(str(e).rstrip(), file=sys.stderr)
+        print(
+            f"distrib: error: SLURM job {job.job_id} failed (logs: {job.paths.stderr})",
+            file=sys.stderr,
+        )
+        return 1, None
+    print(f"distrib: SLURM job {job.job_id} completed", flush=True)
+    return 0, result
