@@ -168,3 +168,38 @@ def test_wandb_never_writes_the_api_key(wandb_offline, monkeypatch):
     for p in files:
         assert sentinel.encode() not in p.read_bytes(), p
     assert b"<redacted>" in _wandb_files(wandb_offline)[0].read_bytes()  # the config was stored
+
+
+def test_a_logger_that_fails_is_reported_once_and_skipped_not_fatal(caplog):
+    # Seen on the SLURM preemption test: SIGTERM killed wandb's service process, the next
+    # wandb.log raised ConnectionResetError, and the preempted job never wrote its checkpoint.
+    from distrib.loggers import log_all
+
+    class Broken:
+        calls = 0
+
+        def log(self, metrics, step):  # type: ignore[no-untyped-def]
+            Broken.calls += 1
+            raise ConnectionResetError("Connection lost")
+
+        def close(self) -> None:
+            pass
+
+    class Kept:
+        rows: list = []
+
+        def log(self, metrics, step):  # type: ignore[no-untyped-def]
+            Kept.rows.append(step)
+
+        def close(self) -> None:
+            pass
+
+    loggers = [Broken(), Kept()]
+    with caplog.at_level("WARNING"):
+        for step in (1, 2, 3):
+            log_all(loggers, {"loss": 1.0}, step)
+    assert Broken.calls == 1 and Kept.rows == [1, 2, 3]
+    warned = [r.getMessage() for r in caplog.records if "Broken failed" in r.getMessage()]
+    assert warned == [
+        "Broken failed (ConnectionResetError: Connection lost); no more metrics go there in this run"
+    ]

@@ -18,6 +18,7 @@ Heavy backends are imported only when chosen: ``import distrib.loggers`` never i
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -78,9 +79,26 @@ def make_loggers(
 
 
 def log_all(loggers: Iterable[MetricLogger], metrics: Mapping[str, float], step: int) -> None:
-    """Send one row to every logger."""
+    """Send one row to every logger. A logger that fails (wandb's service killed by the
+    cluster's SIGTERM, a full disk) is reported once and skipped from then on: a tracker must
+    never stop training -- least of all the checkpoint a preempted job is about to write."""
     for logger in loggers:
-        logger.log(metrics, step)
+        if logger in _broken:
+            continue
+        try:
+            logger.log(metrics, step)
+        except Exception as e:
+            _broken.add(logger)
+            first = (str(e).strip().splitlines() or [""])[0]
+            log.warning(
+                "%s failed (%s: %s); no more metrics go there in this run",
+                type(logger).__name__,
+                type(e).__name__,
+                first,
+            )
+
+
+_broken: weakref.WeakSet = weakref.WeakSet()  # loggers that failed; skipped from then on
 
 
 def close_all(loggers: Iterable[MetricLogger]) -> None:
