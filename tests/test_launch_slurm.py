@@ -201,7 +201,8 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_bit_identical(tmp_path: P
             timeout=120,
         ), "the low-priority job never got going"
         high = subprocess.run(
-            ["sbatch", "-p", "high", "-N", "1", "-w", "n2", "-n", "8", "--wrap", "sleep 3"],
+            ["sbatch", "-p", "high", "-N", "1", "-w", "n2", "-n", "8", "-o", "/dev/null",
+             "--wrap", "sleep 3"],
             capture_output=True, text=True, env=env, timeout=30,
         )  # fmt: skip
         assert high.returncode == 0, high.stderr
