@@ -32,7 +32,7 @@ from distrib.env import is_slurm_step, read_env
 
 log = logging.getLogger(__name__)
 
-REQUEUE_EXIT_CODE = 75
+REQUEUE_EXIT_CODE = 75  # = distrib.preemption.REQUEUE_EXIT_CODE, without importing torch here
 _TAG = "distrib/job"
 _kept: list[Any] = []  # rank 0's store: the job's rendezvous lives as long as this process
 

@@ -109,3 +109,9 @@ def test_join_leaves_a_job_script_that_chose_its_port_alone(tmp_path: Path):
     env = {**srun_env("3", str(tmp_path), 1, 2, 0), "MASTER_PORT": "29999"}
     assert slurm.join(environ=env) is None
     assert "RANK" not in env and read_env(env).master_port == 29999
+
+
+def test_the_requeue_exit_code_is_the_trainers():
+    from distrib import preemption
+
+    assert slurm.REQUEUE_EXIT_CODE == preemption.REQUEUE_EXIT_CODE == 75
