@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -16,3 +17,15 @@ def _restore_environment():
     import distrib
 
     distrib.shutdown()
+
+
+@pytest.fixture
+def warnings_logged():
+    """Warning lines of ``distrib.checkpoint``, captured even if ``distrib`` stops propagation."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("distrib.checkpoint")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

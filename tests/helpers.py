@@ -23,6 +23,18 @@ import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SMALL_RUN = [
+    "model=mlp",
+    "model.in_features=16",
+    "data.train._target_=fixtures.Recorded",
+    "data.eval._target_=fixtures.Recorded",
+    "trainer.global_batch_size=32",
+    "trainer.log_every=4",
+    "trainer.epochs=1",
+]
+"""A one-epoch trainer run of 16 steps (fixtures.Recorded, 512 samples): what the launch tests
+compare across launchers (local, several nodes, SLURM)."""
+
 
 def free_port() -> int:
     with socket.socket() as s:

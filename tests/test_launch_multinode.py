@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ROOT
+from helpers import SMALL_RUN as TRAIN
 from netns import Hosts, skip_reason, two_hosts
 
 PY = sys.executable
@@ -103,17 +104,6 @@ def _run_on_both(
                 os.kill(p, signal.SIGKILL)
         return "\n".join(tails)
     return out
-
-
-TRAIN = [
-    "model=mlp",
-    "model.in_features=16",
-    "data.train._target_=fixtures.Recorded",
-    "data.eval._target_=fixtures.Recorded",
-    "trainer.global_batch_size=32",
-    "trainer.log_every=4",
-    "trainer.epochs=1",
-]
 
 
 def test_two_nodes_of_one_worker_train_as_one_node_of_two(tmp_path: Path):

@@ -17,6 +17,7 @@ import pytest
 import slurm_cluster
 import torch
 from helpers import ROOT, run_cli, train_cli
+from helpers import SMALL_RUN as TRAIN
 
 from distrib.launch.slurm import SlurmOptions, sbatch_script
 from distrib.loggers.jsonl import read_jsonl
@@ -24,15 +25,6 @@ from distrib.loggers.jsonl import read_jsonl
 PY = sys.executable
 GOLDEN = ROOT / "tests" / "golden"
 
-TRAIN = [
-    "model=mlp",
-    "model.in_features=16",
-    "data.train._target_=fixtures.Recorded",
-    "data.eval._target_=fixtures.Recorded",
-    "trainer.global_batch_size=32",
-    "trainer.log_every=4",
-    "trainer.epochs=1",
-]
 # ~0.3 s per step (a sleep per sample): long enough to preempt or outlive a time limit
 SLOW = [*TRAIN, "+data.train.delay=0.02", "trainer.epochs=4"]
 
