@@ -159,8 +159,8 @@ class TrainerConfig:
 
 @dataclass(kw_only=True)
 class Config:
-    """The whole run. ``model``, ``data.train``, ``data.eval``, ``optim`` and ``scheduler`` are
-    ``_target_`` nodes, so users point them at their own classes."""
+    """The whole run. ``model``, ``data.train``, ``data.eval``, ``optim``, ``scheduler`` and
+    ``task`` are ``_target_`` nodes, so users point them at their own classes."""
 
     model: Any = MISSING
     """A module class: ``_target_: my_pkg.MyNet`` plus its keyword arguments."""
@@ -170,6 +170,9 @@ class Config:
     """An optimizer ``_target_`` with ``_partial_: true``; called with the model's parameters."""
     scheduler: Any = None
     """Optional LR scheduler ``_target_`` with ``_partial_: true``; called with the optimizer."""
+    task: Any = field(default_factory=lambda: {"_target_": "distrib.tasks.Classification"})
+    """What is optimized and reported: a `distrib.tasks.Task` ``_target_`` (classification,
+    regression, lm, model_loss, or your own)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])

@@ -40,23 +40,6 @@ def check_steps(train_dl: Any, global_batch: int, world: int) -> None:
         )
 
 
-def input_target(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trainer's contract with a dataset: each sample is an (input, target) pair."""
-    if isinstance(batch, list | tuple) and len(batch) == 2:
-        return batch[0], batch[1]
-    got = (
-        f"a dict with keys {sorted(batch)}"
-        if isinstance(batch, dict)
-        else f"a {type(batch).__name__}"
-        + (f" of {len(batch)}" if isinstance(batch, list | tuple) else "")
-    )
-    raise ConfigError(
-        "data.train",
-        message=f"data.train: each sample must be an (input, target) pair of tensors; got {got} "
-        "(return a tuple from __getitem__, or use the API in your own loop)",
-    )
-
-
 def same_length_everywhere(dataset: Any, ctx: Any) -> None:
     """One collective at setup: ranks whose datasets differ would deadlock or abort later."""
     if not ctx.is_distributed:

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,12 +25,12 @@ from distrib import preemption
 from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
+from distrib.evaluation import describe, evaluate
 from distrib.guards import (
     NonFiniteLoss,
     build_named,
     check_steps,
     grads_finite,
-    input_target,
     same_length_everywhere,
 )
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
@@ -40,6 +39,7 @@ from distrib.metrics import Metrics, StepTimer, record_step, report
 from distrib.process_group import Context, session
 from distrib.resume_policy import apply_hyperparameters, check_compatible, hyperparameter_changes
 from distrib.rng import seed_all
+from distrib.tasks import Task, batch_size, to_device
 from distrib.train_state import TrainState, capture, restore
 from distrib.wrap import accumulate, autocast, clip_grad, unwrap, wrap
 
@@ -63,6 +63,7 @@ class _Run:
     cfg: Config
     ctx: Context
     model: nn.Module
+    task: Task
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ckpt: Checkpointer
@@ -89,7 +90,7 @@ class _Run:
             global_batch=self.cfg.trainer.global_batch_size,
             config=dataclasses.asdict(self.cfg),
         )
-        self.ckpt.save(data, step=self.state.step, epoch=self.state.epoch, metrics=metrics)
+        self.ckpt.save(data, step=self.state.step, epoch=self.state.epoch_number, metrics=metrics)
         self.saved_step = self.state.step
 
 
@@ -143,7 +144,8 @@ def fit(
             enabled=ctx.is_main and run_dir is not None,
         )
         check_steps(train_dl, t.global_batch_size, ctx.world_size)
-        run = _Run(cfg, ctx, model, optimizer, scheduler, ckpt, [], TrainState())
+        task = build_named("task", cfg.task)
+        run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         try:
             _resume(run, t.resume if run_dir is not None else "never")
             steps_per_epoch = -(-len(train_dl) // t.grad_accum)
@@ -174,12 +176,7 @@ def fit(
         finally:
             ckpt.close()
             close_all(run.loggers)
-        log.info(
-            "final test accuracy: %.4f (%d/%d)",
-            result["eval_acc"],
-            result["eval_correct"],
-            result["eval_total"],
-        )
+        log.info("final evaluation: %s", describe(result))
         out = {
             "rank": ctx.rank,
             "world_size": ctx.world_size,
@@ -228,7 +225,7 @@ def _resume(run: _Run, resume: str) -> None:
     log.info(
         "resumed from %s: epoch %d, step %d, %d samples into the epoch (written by %d worker(s))",
         path,
-        run.state.epoch,
+        run.state.epoch_number,
         run.state.step,
         run.state.consumed,
         data["world_size"],
@@ -253,30 +250,41 @@ def _train(
             raise SystemExit(preemption.REQUEUE_EXIT_CODE)
         if run.state.consumed < train_dl.sampler.epoch_samples():  # type: ignore[attr-defined]
             break  # max_steps ended training mid-epoch
-        result = evaluate(unwrap(run.model), eval_dl, run.ctx)
-        row = {"epoch": run.state.epoch, "step": run.state.step, **result}
+        result = evaluate(unwrap(run.model), eval_dl, run.ctx, run.task)
+        _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
+        row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
         log_all(run.loggers, {k: float(v) for k, v in row.items()}, run.state.step)
-        log.info(  # epochs count from 0, as in the metric rows
-            "epoch %d done (%d of %d)  step %d  eval_loss %.4f  eval_acc %.4f",
-            run.state.epoch,
-            run.state.epoch + 1,
+        log.info(  # epochs count from 1 here, in metric rows and in checkpoints
+            "epoch %d/%d done  step %d  %s",
+            run.state.epoch_number,
             t.epochs,
             run.state.step,
-            result["eval_loss"],
-            result["eval_acc"],
+            describe(result),
         )
         run.state.epoch, run.state.consumed = run.state.epoch + 1, 0
         if t.checkpoint.every_epoch:
             run.save({k: float(v) for k, v in result.items()})
     if result is None:  # max_steps ended training mid-epoch: its final evaluation is logged too
-        result = evaluate(unwrap(run.model), eval_dl, run.ctx)
-        row = {"epoch": run.state.epoch, "step": run.state.step, **result}
+        result = evaluate(unwrap(run.model), eval_dl, run.ctx, run.task)
+        row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
         log_all(run.loggers, {k: float(v) for k, v in row.items()}, run.state.step)
     if run.saved_step != run.state.step:
         run.save({k: float(v) for k, v in result.items()})
     return result
+
+
+def _check_best_metric(name: str | None, result: dict[str, Any], task: dict) -> None:
+    """A ``best_metric`` the task does not report would keep no best checkpoint, silently."""
+    if name is not None and name not in result:
+        from distrib.errors import ConfigError
+
+        raise ConfigError(
+            "trainer.checkpoint.best_metric",
+            message=f"trainer.checkpoint.best_metric={name}: {task.get('_target_')} reports "
+            f"{', '.join(result)} (or null: keep no best checkpoint)",
+        )
 
 
 def _done(state: TrainState, max_steps: int) -> bool:
@@ -295,17 +303,16 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
     step_loss: torch.Tensor | float = 0.0  # stays on the device: read back at log steps only
     step_samples = 0
     for i, batch in enumerate(timer.iterate(dl)):
-        x, y = input_target(batch)
         first = i - i % t.grad_accum
         in_step = min(t.grad_accum, n_micro - first)  # the last step may be short
         last_micro = i - first == in_step - 1
-        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        batch = to_device(batch, ctx.device)
         with accumulate(run.model, sync=last_micro):
             with autocast(ctx.device, t.precision):
-                loss = F.cross_entropy(run.model(x), y) / in_step
+                loss = run.task(model=run.model, batch=batch).loss / in_step
             loss.backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
-        step_samples += x.shape[0]
+        step_samples += batch_size(batch)
         if not last_micro:
             continue
         clip_grad(run.model, t.clip_grad_norm)
@@ -340,7 +347,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             row = report(
                 metrics,
                 ctx,
-                epoch=state.epoch,
+                epoch=state.epoch_number,
                 step=state.step,
                 lr=run.optimizer.param_groups[0]["lr"],
                 stop=flag.requested,
@@ -369,27 +376,3 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         if _done(state, t.max_steps):
             break
     return False
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dl: DataLoader, ctx: Context) -> dict[str, Any]:
-    """Exact global loss and accuracy: summed over every sample once, one all_reduce."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, total
-    for x, y in dl:
-        x, y = x.to(ctx.device), y.to(ctx.device)
-        out = model(x)
-        sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
-        sums[1] += (out.argmax(dim=1) == y).sum()
-        sums[2] += y.numel()
-    if ctx.is_distributed:
-        dist.all_reduce(sums)
-    model.train(was_training)
-    loss, correct, total = sums.tolist()
-    return {
-        "eval_loss": loss / max(total, 1),
-        "eval_acc": correct / max(total, 1),
-        "eval_correct": int(correct),
-        "eval_total": int(total),
-    }

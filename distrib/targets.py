@@ -35,6 +35,7 @@ def check_targets(cfg: Any) -> None:
     _check_target(cfg.optim, "optim", skip=1, kind="optim")
     if cfg.scheduler is not None:
         _check_target(cfg.scheduler, "scheduler", skip=1, kind="scheduler")
+    _check_target(cfg.task, "task")
     _probe_optimizer(cfg.optim)
 
 

@@ -30,12 +30,22 @@ class TrainState:
     """Where training is: what a checkpoint must restore to continue exactly."""
 
     epoch: int = 0
+    """Epochs completed (0-based index of the epoch in progress)."""
     step: int = 0
     """Optimizer steps taken in all."""
     consumed: int = 0
     """Global samples consumed in the current epoch (the data position, any world size)."""
     history: list[dict[str, float]] = field(default_factory=list)
     """One row per logging step and per evaluation (global values)."""
+
+    @property
+    def epoch_number(self) -> int:
+        """The epoch as people count it, from 1: the one in progress, or the one just done.
+
+        What logs, metric rows and checkpoint manifests say: "epoch 10/10 done", a manifest
+        written then says ``epoch: 10``, and so does a mid-epoch save during that epoch.
+        """
+        return self.epoch + 1 if self.consumed > 0 else self.epoch
 
 
 def gather_rng(ctx: Context) -> list[dict[str, Any]] | None:

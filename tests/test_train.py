@@ -38,11 +38,11 @@ def test_two_local_workers_train_to_high_accuracy(tmp_path: Path):
     res = run_cli(PY, "-m", "distrib.train", "launcher.nproc=2", "trainer.epochs=6", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "training on 2 worker(s) (cpu, gloo)" in res.stdout
-    acc = float(res.stdout.split("final test accuracy: ")[1].split()[0])
+    acc = float(res.stdout.split("final evaluation: ")[1].split("eval_acc ")[1].split()[0])
     assert acc >= 0.95
     (run_dir,) = [p.parent for p in tmp_path.glob("outputs/*/*/logs")]
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
-    assert "final test accuracy" in (run_dir / "logs" / "rank0.log").read_text()
+    assert "final evaluation: eval_loss" in (run_dir / "logs" / "rank0.log").read_text()
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_torchrun_runs_the_same_entry_in_place(tmp_path: Path):
     )
     assert res.returncode == 0, res.stderr
     assert "training on 2 worker(s)" in res.stdout
-    assert "final test accuracy" in res.stdout
+    assert "final evaluation: eval_loss" in res.stdout
     assert len(list(tmp_path.glob("outputs/torchrun-*/logs/rank1.log"))) == 1  # one shared run dir
 
 
@@ -367,8 +367,8 @@ def test_one_worker_failing_ends_with_distribs_line_not_hydras_paragraph(tmp_pat
     "target, nproc, expected",
     [
         # seen before: 'str' object has no attribute 'to'
-        ("fixtures.DictSamples", 1, "distrib: error: data.train: each sample must be an (input, "
-         "target) pair of tensors; got a dict with keys ['image', 'label']"),
+        ("fixtures.DictSamples", 1, "distrib: error: data.train: task=classification needs each "
+         "sample to be an (input, target) pair; got a dict with keys ['image', 'label']"),
         # seen before: SIGABRT (gloo::EnforceNotMet) and no hint
         ("fixtures.per_rank_dataset", 2, "data.train: the ranks built training sets of "
          "different lengths (rank 0: 512, rank 1: 563)"),
