@@ -1,4 +1,5 @@
-"""Built-in models: a small CNN for the embedded digits default, an MLP for benchmarks.
+"""Built-in models: a small CNN for the embedded digits default, an MLP for benchmarks and
+regression, a tiny GPT for the character-level language model.
 
 Users plug their own with ``model._target_=my_pkg.MyNet``; nothing here is special-cased.
 """
@@ -54,3 +55,36 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class TinyGPT(nn.Module):
+    """A decoder-only transformer (pre-norm, learned positions, causal self-attention) that
+    maps token ids ``(B, T)`` to next-token logits ``(B, T, vocab_size)``; ~0.1M parameters
+    at the defaults, a language model that trains in a minute on a CPU."""
+
+    def __init__(
+        self,
+        vocab_size: int = 29,
+        context: int = 64,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.position = nn.Parameter(torch.zeros(context, dim))
+        block = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size)
+        mask = torch.triu(torch.full((context, context), float("-inf")), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[1]
+        h = self.embed(tokens) + self.position[:t]
+        h = self.blocks(h, mask=self.mask[:t, :t], is_causal=True)
+        return self.head(self.norm(h))

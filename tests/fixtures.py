@@ -131,3 +131,16 @@ class DictSamples(torch.utils.data.Dataset):
 def per_rank_dataset(split: str = "train", size: int = 640):
     """A dataset that comes out a different size on each rank (a per-rank split gone wrong)."""
     return synthetic(split, size=size + 64 * int(os.environ.get("RANK", "0")), features=16)
+
+
+class SelfLossClassifier(nn.Module):
+    """A model that computes its own loss from a dict batch and returns it Hugging Face style
+    (``{"loss": ..., "logits": ...}``), for ``task=model_loss``."""
+
+    def __init__(self, in_features: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.net(image)
+        return {"loss": nn.functional.cross_entropy(logits, label), "logits": logits}
