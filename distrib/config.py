@@ -253,6 +253,14 @@ def describe(e: BaseException) -> ConfigError:
                 if hasattr(obj, "__dataclass_fields__")
                 else ""
             )
+            parent = getattr(cause, "parent_node", None)
+            if not known and isinstance(parent, DictConfig) and "_target_" in parent:
+                from distrib.targets import unknown_argument
+
+                node = OmegaConf.to_container(parent, resolve=False)
+                said = unknown_argument(key.rpartition(".")[0], node, key.rpartition(".")[2])
+                if said:
+                    return ConfigError(key, message=said)
             hint = f"; known keys: {known}" if known else f"; to add a new key use +{key}=..."
             return ConfigError(key, message=f"{key}: unknown key{hint}")
         return ConfigError(key, message=f"{key}: {first}")

@@ -267,6 +267,7 @@ def _train(
             run.save({k: float(v) for k, v in result.items()})
     if result is None:  # max_steps ended training mid-epoch: its final evaluation is logged too
         result = evaluate(unwrap(run.model), eval_dl, run.ctx, run.task)
+        _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
         log_all(run.loggers, {k: float(v) for k, v in row.items()}, run.state.step)

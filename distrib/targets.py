@@ -42,15 +42,20 @@ def check_targets(cfg: Any) -> None:
 def _import(target: str) -> Any:
     """Import ``pkg.module.attr`` (quietly: hydra's own locator logs every failure)."""
     parts = target.split(".")
+    missing: ImportError = ImportError(target)
     for cut in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:cut])
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
+            obj = importlib.import_module(prefix)
+        except ImportError as e:
+            if getattr(e, "name", None) not in (prefix, None):
+                raise  # the module exists but fails to import, or its package is missing
+            missing = e  # the top-level package, in the end
             continue
         for attr in parts[cut:]:
             obj = getattr(obj, attr)
         return obj
-    raise ImportError(target)
+    raise missing
 
 
 _KINDS = {
@@ -98,8 +103,9 @@ def _check_target(node: Any, key: str, skip: int = 0, kind: str | None = None) -
     target = node["_target_"]
     try:
         obj = _import(str(target))
-    except Exception:
-        raise ConfigError(f"{key}._target_", target, "an importable class or function") from None
+    except Exception as e:
+        message = import_failure(f"{key}._target_", target, e)
+        raise ConfigError(f"{key}._target_", message=message) from None
     if kind is not None:
         _check_kind(obj, key, kind, str(target))
     try:
@@ -116,15 +122,53 @@ def _check_target(node: Any, key: str, skip: int = 0, kind: str | None = None) -
         if param is None:
             if takes_kwargs:
                 continue
-            names = ", ".join(
-                p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            )
-            raise ConfigError(f"{key}.{name}", value, f"an argument of {target}: {names}")
+            takes = f"an argument of {target}: {names(params)}"
+            drop = f" (a key the new target does not take? drop it: ~{key}.{name})"
+            raise ConfigError(f"{key}.{name}", value, takes + drop)
         expected = _accepted_types(param.annotation)
         int_for_float = float in expected and isinstance(value, int) and not isinstance(value, bool)
         if expected and value is not None and not isinstance(value, expected) and not int_for_float:
             allowed = " or ".join(t.__name__ for t in expected)
             raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
+
+
+def names(params: list[inspect.Parameter]) -> str:
+    return ", ".join(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
+def import_failure(key: str, target: object, error: BaseException) -> str:
+    """Why ``target`` did not import, and the usual fix: its package is not on the path."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    why = f"{type(cause).__name__}: {cause}" if str(cause) != str(target) else "not found"
+    return (
+        f"{key}={target}: cannot import it ({why}); run from the directory that holds its "
+        "package, add that directory to PYTHONPATH, or pip install -e your project"
+    )
+
+
+def unknown_argument(key: str, node: dict, name: str) -> str | None:
+    """For ``optim.lrr=0.1``: the node's target does not take ``lrr`` -- say what it takes and
+    the nearest name, instead of suggesting ``+optim.lrr`` (which would fail next). None when
+    the target does take it (then ``+key`` is the right advice) or cannot be inspected."""
+    import difflib
+
+    try:
+        obj = _import(str(node["_target_"]))
+        params = list(inspect.signature(obj).parameters.values())
+    except Exception:
+        return None
+    if node.get("_partial_"):  # optimizers, schedulers: the first argument comes at build time
+        params = params[1:]
+    if name in {p.name for p in params} or any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    usable = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    near = difflib.get_close_matches(name, usable, n=1)
+    hint = f"did you mean {key}.{near[0]}? " if near else ""
+    return (
+        f"{key}.{name}: not an argument of {node['_target_']}; {hint}it takes: {', '.join(usable)}"
+    )
 
 
 def _accepted_types(annotation: Any) -> tuple[type, ...]:

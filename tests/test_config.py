@@ -24,16 +24,36 @@ def test_defaults_compose_into_the_schema():
             "trainer.epochs: Value 'abc' of type 'str' could not be converted to Integer",
         ),
         ("trainer.foo=1", "trainer.foo: unknown key; known keys: epochs, max_steps,"),
-        ("model.hiden=3", "model.hiden: unknown key"),
+        # a misspelt argument: the nearest name, not "+model.hiden=..." (which fails next)
+        (
+            "model.widht=3",
+            "model.widht: not an argument of distrib.models.SmallCNN; did you mean "
+            "model.width? it takes: in_channels, num_classes, width",
+        ),
+        (
+            "optim.lrr=0.1",
+            "optim.lrr: not an argument of torch.optim.AdamW; did you mean optim.lr?",
+        ),
+        ("optim.amsgrad=true", "optim.amsgrad: unknown key; to add a new key use +optim.amsgrad"),
         (
             "+model.hiden=3",
             "model.hiden=3: expected an argument of distrib.models.SmallCNN: "
             "in_channels, num_classes, width",
         ),
+        # the default model's keys left behind by a class override: say how to drop them
+        (
+            "model._target_=distrib.models.MLP",
+            "model.in_channels=1: expected an argument of distrib.models.MLP: in_features, hidden, "
+            "depth, num_classes, dropout (a key the new target does not take? drop it: "
+            "~model.in_channels)",
+        ),
         (
             "model._target_=nope.Net",
-            "model._target_='nope.Net': expected an importable class or function",
+            "model._target_=nope.Net: cannot import it (ModuleNotFoundError: No module named "
+            "'nope'); run from the directory that holds its package, add that directory to "
+            "PYTHONPATH, or pip install -e your project",
         ),
+        ("task._target_=distrib.tasks.Nope", "task._target_=distrib.tasks.Nope: cannot import it"),
         ("optim.lr=-1", "optim (torch.optim.AdamW): Invalid learning rate: -1"),
         ("launcher.nproc=0", "launcher.nproc=0: expected an integer >= 1"),
         ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32 or bf16"),

@@ -158,3 +158,14 @@ def test_resume_is_exact_for_every_task(name: str, tmp_path: Path):
     assert re.search(r"resumed from \S+step-00000019\.pt: epoch \d, step 19,", log), log
     for k, w in straight["state_dict"].items():
         assert torch.equal(resumed["state_dict"][k], w), k
+
+
+def test_a_best_metric_the_task_does_not_report_is_one_line_naming_the_key():
+    values = _values("regression", max_steps=2)
+    values["trainer"]["checkpoint"] = {"best_metric": "eval_acc"}
+    with pytest.raises(ConfigError) as e:
+        _fit(values)
+    assert str(e.value) == (
+        "trainer.checkpoint.best_metric=eval_acc: distrib.tasks.Regression reports eval_loss, "
+        "eval_rmse (or null: keep no best checkpoint)"
+    )
