@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def fit(
     t = cfg.trainer
     with (
         session(device=t.device, backend=t.backend, timeout_s=t.timeout_s) as ctx,
-        preemption.install() as flag,
+        preemption.install((*preemption.DEFAULT_SIGNALS, signal.SIGINT)) as flag,
     ):
         setup_logging(run_dir, ctx.rank)
         if t.deterministic:
@@ -241,6 +242,15 @@ def _train(
         if train_epoch(run, train_dl, flag):
             run.save()
             run.ckpt.close()
+            if flag.interrupted:  # Ctrl-C: one line, and the same command resumes
+                if run.ctx.is_main:
+                    log.warning(
+                        "distrib: interrupted: checkpoint at step %d written in %s; run the same "
+                        "command to resume (Ctrl-C twice stops without saving)",
+                        run.state.step,
+                        run.ckpt.directory,
+                    )
+                raise SystemExit(preemption.INTERRUPT_EXIT_CODE)
             if run.ctx.is_main:
                 log.warning(
                     "preempted: checkpoint at step %d written; exiting with code %d (requeue)",

@@ -22,6 +22,7 @@ others hanging in the next all-reduce.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -35,9 +36,17 @@ REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL from sysexits.h: "temporary failure, try again" -- the exit a requeue wrapper
 (or a SLURM ``--requeue`` epilog) recognises as "preempted, state saved", not "crashed"."""
 
+INTERRUPT_EXIT_CODE = 130
+"""128 + SIGINT, what a shell reports for Ctrl-C: here the workers saved a checkpoint first."""
+
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 """SIGTERM: preemption and scancel; SIGUSR1: ``#SBATCH --signal=USR1@90``; SIGUSR2: what
 submitit asks SLURM for before the time limit (``launcher=slurm``)."""
+
+
+SECOND_CTRL_C_S = 1.0
+"""A second SIGINT this long after the first stops at once. Closer ones are the same Ctrl-C
+arriving twice: from the terminal (to the whole process group) and forwarded by the agent."""
 
 
 class PreemptionFlag:
@@ -46,6 +55,7 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self._signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._interrupted_at: float | None = None
 
     @property
     def requested(self) -> bool:
@@ -57,8 +67,21 @@ class PreemptionFlag:
         """The number of the (last) signal that arrived, for the log line after stopping."""
         return self._signum
 
+    @property
+    def interrupted(self) -> bool:
+        """A SIGINT (Ctrl-C) arrived: stop and save as for preemption, but exit with
+        `INTERRUPT_EXIT_CODE`, since nobody will requeue this."""
+        return self._interrupted_at is not None
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._signum = signum  # an assignment only: handlers must not do I/O or take locks
+        # assignments only: handlers must not do I/O or take locks
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._interrupted_at is None:
+                self._interrupted_at = now
+            elif now - self._interrupted_at > SECOND_CTRL_C_S:
+                raise KeyboardInterrupt  # Ctrl-C again: stop now, without saving
+        self._signum = signum
 
     def uninstall(self) -> None:
         """Restore the handlers that were there before `install`; safe to call twice."""

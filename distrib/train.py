@@ -13,6 +13,7 @@ when this process already is a worker (torchrun, SLURM), trains in place (``dist
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ _NO_PREFLIGHT = (
 
 
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # before training started, or Ctrl-C twice: no traceback
+        print("distrib: interrupted (nothing saved)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+def _main() -> None:
     from distrib import config
 
     config.register()
@@ -155,7 +164,28 @@ def _task(cfg: Any) -> Any:
     group = None
     if hydra_cfg.mode == RunMode.MULTIRUN:
         group = Path(hydra_cfg.sweep.dir).as_posix().strip("/").replace("/", "-")
-    return run(values, run_cfg, run_dir, group)  # type: ignore[arg-type]
+    said = _say_run_dir(run_dir)
+    result = run(values, run_cfg, run_dir, group)  # type: ignore[arg-type]
+    if said:
+        print(f"distrib: done: {_shown(run_dir)} (checkpoints/, metrics.jsonl, logs/)", flush=True)
+    return result
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _say_run_dir(run_dir: Path) -> bool:
+    """Print where this run writes, once per job (not once per torchrun or SLURM worker)."""
+    from distrib.env import is_worker, read_env
+
+    if is_worker() and read_env().rank != 0:
+        return False
+    print(f"distrib: run directory {_shown(run_dir)}", flush=True)
+    return True
 
 
 def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, Any]:
@@ -179,15 +209,15 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         return _submit(values, cfg, run_dir, group)
     from distrib.launch.agent import RendezvousFailed
     from distrib.launch.local import Interrupted, WorkerFailed, launch
-    from distrib.preemption import REQUEUE_EXIT_CODE
+    from distrib.preemption import INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
 
     try:
         results = launch(
             worker_entry, (values, str(run_dir), group), topology=topology(cfg.launcher)
         )
     except WorkerFailed as e:
-        if e.exitcode == REQUEUE_EXIT_CODE:  # the workers agreed to stop and checkpointed
-            sys.exit(REQUEUE_EXIT_CODE)
+        if e.exitcode in (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE):  # they agreed to stop, saved
+            sys.exit(e.exitcode)
         if e.traceback.strip():
             print(e.traceback.rstrip(), file=sys.stderr)
         print(f"distrib: error: {e}", file=sys.stderr)
@@ -197,7 +227,10 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         sys.exit(1)
     except Interrupted as e:
         # The signal reached the workers too. 75 only when they wrote a checkpoint and exited
-        # with 75 ("requeue me"); otherwise 128 + the signal, as a killed process.
+        # with 75 ("requeue me"); otherwise 128 + the signal, as a killed process. Ctrl-C
+        # after a checkpoint: rank 0 has said so in one line already.
+        if e.saved and e.signum == signal.SIGINT:
+            sys.exit(INTERRUPT_EXIT_CODE)
         print(f"distrib: {e}", file=sys.stderr)
         sys.exit(REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum)
     return results[min(results)]

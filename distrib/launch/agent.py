@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REQUEUE_EXIT_CODE = 75  # the worker side's preemption.REQUEUE_EXIT_CODE (no import: other side)
+INTERRUPT_EXIT_CODE = 130  # ... and its INTERRUPT_EXIT_CODE: Ctrl-C, checkpoint written
+SAVED_EXIT_CODES = (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE)
 
 # Words in a worker's error that say it died because a PEER went away, not of its own fault.
 _COLLATERAL = (
@@ -87,6 +89,12 @@ class Interrupted(RuntimeError):
         """Every local worker exited with 75: they agreed to stop and the checkpoint is written."""
         codes = list(self.exit_codes.values())
         return bool(codes) and all(c == REQUEUE_EXIT_CODE for c in codes)
+
+    @property
+    def saved(self) -> bool:
+        """Every local worker stopped after writing the checkpoint (75 or, for Ctrl-C, 130)."""
+        codes = list(self.exit_codes.values())
+        return bool(codes) and all(c in SAVED_EXIT_CODES for c in codes)
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
@@ -153,8 +161,8 @@ def _make_agent_class() -> type:
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
             codes = [f.exitcode for f in [*result.failures.values(), *self.ended_first]]
-            if result.is_failed() and REQUEUE_EXIT_CODE in codes:
-                self._remaining_restarts = 0  # saved for a requeue: not a crash to retry
+            if result.is_failed() and any(c in SAVED_EXIT_CODES for c in codes):
+                self._remaining_restarts = 0  # saved and stopped on purpose: not a crash to retry
             return result
 
         def _stop_workers(self, worker_group: Any) -> None:
