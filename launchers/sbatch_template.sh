@@ -17,4 +17,6 @@
 ##SBATCH --gpus-per-node=2
 ##SBATCH --partition=gpu
 set -euo pipefail
-srun --kill-on-bad-exit=0 python -m distrib.train "$@"
+# sbatch runs a copy of this script from the submit directory: use its .venv if it has one
+PY=python; [ -x .venv/bin/python ] && PY=.venv/bin/python
+srun --kill-on-bad-exit=0 "$PY" -m distrib.train "$@"

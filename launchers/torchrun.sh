@@ -6,12 +6,13 @@
 # random rendezvous id on every launch, so without it a restarted job could not find its
 # checkpoints.
 set -euo pipefail
+. "$(dirname "$0")/_python.sh"
 nproc=${1:-2}; shift || true
 export DISTRIB_RUN_ID="${RUN:-${DISTRIB_RUN_ID:-run-$(date +%Y%m%d-%H%M%S)}}"
 echo "run directory: outputs/$DISTRIB_RUN_ID (RUN=$DISTRIB_RUN_ID to resume)" >&2
 if [ -n "${NNODES:-}" ]; then
-  exec torchrun --nnodes="$NNODES" --nproc_per_node="$nproc" \
+  exec "$PY" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$nproc" \
     --rdzv_backend=c10d --rdzv_endpoint="${MASTER_ADDR:?}:${MASTER_PORT:-29400}" \
     --rdzv_id="$DISTRIB_RUN_ID" -m distrib.train "$@"
 fi
-exec torchrun --standalone --nproc_per_node="$nproc" -m distrib.train "$@"
+exec "$PY" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m distrib.train "$@"

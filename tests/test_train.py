@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,16 @@ def test_two_local_workers_train_to_high_accuracy(tmp_path: Path):
     (run_dir,) = [p.parent for p in tmp_path.glob("outputs/*/*/logs")]
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
     assert "final evaluation: eval_loss" in (run_dir / "logs" / "rank0.log").read_text()
+    # where it went, first and last; epochs counted alike in the log, the rows, the checkpoint
+    shown = str(run_dir.relative_to(tmp_path))
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == f"distrib: run directory {shown}"
+    assert lines[-1] == f"distrib: done: {shown} (checkpoints/, metrics.jsonl, logs/)"
+    assert "epoch 6/6 done  step 132" in res.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "eval_acc" in r] == [1, 2, 3, 4, 5, 6]
+    manifest = json.loads((run_dir / "checkpoints" / "manifest.json").read_text())
+    assert manifest["checkpoints"]["step-00000132.pt"]["epoch"] == 6
 
 
 @pytest.mark.slow
