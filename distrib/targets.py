@@ -122,14 +122,26 @@ def _check_target(node: Any, key: str, skip: int = 0, kind: str | None = None) -
         if param is None:
             if takes_kwargs:
                 continue
-            takes = f"an argument of {target}: {names(params)}"
-            drop = f" (a key the new target does not take? drop it: ~{key}.{name})"
-            raise ConfigError(f"{key}.{name}", value, takes + drop)
+            takes = f"an argument of {target}: {names(params) or '(none)'}"
+            raise ConfigError(f"{key}.{name}", value, takes + _why_unknown(key, name, params))
         expected = _accepted_types(param.annotation)
         int_for_float = float in expected and isinstance(value, int) and not isinstance(value, bool)
         if expected and value is not None and not isinstance(value, expected) and not int_for_float:
             allowed = " or ".join(t.__name__ for t in expected)
             raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
+
+
+def _why_unknown(key: str, name: str, params: list[inspect.Parameter]) -> str:
+    """The likely cause of an argument the target does not take, as a hint in parentheses."""
+    import difflib
+
+    if name == key.rpartition(".")[2]:  # task.task: a group file's content nested under it
+        return f" (a {key}/*.yaml whose first line is not '# @package _global_'?)"
+    usable = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    near = difflib.get_close_matches(name, usable, n=1)
+    if near:
+        return f" (did you mean {key}.{near[0]}?)"
+    return f" (a key the new target does not take? drop it: ~{key}.{name})"
 
 
 def names(params: list[inspect.Parameter]) -> str:
