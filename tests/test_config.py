@@ -40,6 +40,16 @@ def test_defaults_compose_into_the_schema():
             "model.hiden=3: expected an argument of distrib.models.SmallCNN: "
             "in_channels, num_classes, width",
         ),
+        (
+            "+task.task=1",
+            "task.task=1: expected an argument of distrib.tasks.Classification: (none) (a "
+            "task/*.yaml whose first line is not '# @package _global_'?)",
+        ),
+        (
+            "+model.widt=3",
+            "model.widt=3: expected an argument of distrib.models.SmallCNN: in_channels, "
+            "num_classes, width (did you mean model.width?)",
+        ),
         # the default model's keys left behind by a class override: say how to drop them
         (
             "model._target_=distrib.models.MLP",
