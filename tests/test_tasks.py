@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import spawn
+from helpers import run_cli, spawn
 from torch import nn
 
 from distrib.config import to_config
@@ -169,3 +170,14 @@ def test_a_best_metric_the_task_does_not_report_is_one_line_naming_the_key():
         "trainer.checkpoint.best_metric=eval_acc: distrib.tasks.Regression reports eval_loss, "
         "eval_rmse (or null: keep no best checkpoint)"
     )
+
+
+@pytest.mark.slow
+def test_the_built_in_language_model_learns_the_generated_text(tmp_path: Path):
+    res = run_cli(
+        sys.executable, "-m", "distrib.train", "task=lm", "model=tiny_gpt", "data=chars",
+        "launcher.nproc=2", "trainer.epochs=2", "trainer.log_every=50", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    final = res.stdout.split("final evaluation: eval_loss ")[1]
+    assert float(final.split()[0]) < 1.5  # nats per character; uniform over 29 would be 3.37
