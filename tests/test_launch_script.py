@@ -66,4 +66,4 @@ def test_an_uncaught_error_exits_1_with_the_users_traceback_only(tmp_path: Path)
     res = run_script(tmp_path, "def f():\n    raise ValueError('boom')\nf()\n")
     assert res.returncode == 1
     assert res.stderr.splitlines()[-1] == "ValueError: boom"
-    assert "runpy" not in res.stderr and "distrib" not in res.stderr
+    assert "runpy" not in res.stderr and "launch/script.py" not in res.stderr
