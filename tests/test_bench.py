@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_scaling_tiny_reports_every_way_and_every_way_trains_the_same_model(tmp_path: Path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "distrib.bench", "scaling", "--tiny", "--out", str(out)],
+        # one workload: the others are the same code with other sizes (a minute more here)
+        [sys.executable, "-m", "distrib.bench", "scaling", "--tiny", "--workload", "compute"]
+        + ["--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -28,7 +30,7 @@ def test_scaling_tiny_reports_every_way_and_every_way_trains_the_same_model(tmp_
     assert f"results in {out}/" in proc.stdout
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((out / "results.json").read_text())
-    assert set(result["workloads"]) == {"compute", "comm", "launch"}
+    assert set(result["workloads"]) == {"compute"}
     for name, workload in result["workloads"].items():
         ways = workload["ways"]
         assert {"plain", "trainer 1", "distrib 2", "raw DDP 2"} <= set(ways)

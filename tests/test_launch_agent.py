@@ -143,7 +143,7 @@ def test_workers_see_the_environment_torchrun_gives_them_key_by_key(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_step", [7, 13, 23, 31, 36])
+@pytest.mark.parametrize("kill_step", [7, 36])  # 36: a short restarted attempt
 def test_sigkill_of_a_worker_restarts_and_resumes_exactly(
     tmp_path: Path, kill_step: int, straight_ddp_script: dict
 ):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 
+import pytest
 from helpers import ROOT
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
 def test_the_license_is_an_spdx_string_with_a_setuptools_that_reads_it():

@@ -149,7 +149,7 @@ def test_two_workers_reproduce_one_worker_for_every_task(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", ["lm", "regression"])  # model_loss: the same loop
 def test_resume_is_exact_for_every_task(name: str, tmp_path: Path):
     (straight,) = spawn(_fit, _values(name, deterministic=True), world_size=1)
     run_dir = str(tmp_path / "run")

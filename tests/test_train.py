@@ -208,7 +208,7 @@ def uninterrupted_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_step", [4, 12, 22, 33, 41])
+@pytest.mark.parametrize("kill_step", [4, 22, 41])  # before any save, mid-epoch, last epoch
 def test_sigkill_of_a_worker_restarts_the_group_and_resumes_bit_exact(
     tmp_path: Path, kill_step: int, uninterrupted_state: dict
 ):
