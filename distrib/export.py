@@ -1,0 +1,143 @@
+"""``python -m distrib export CHECKPOINT|RUN_DIR --format torchscript|exported``: ship the model.
+
+The checkpoint holds the run's whole config, so the model is rebuilt from its ``model``
+``_target_`` node and its weights loaded (``weights_only=True``); the artifact needs only torch
+to load (``torch.jit.load`` or ``torch.export.load(...).module()``), not distrib and not the
+training code. A JSON file beside it records the input shape and dtype, the format, the torch
+version and the checkpoint's sha256, so a deployed model names the exact weights it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+FORMATS = {"torchscript": ".ts.pt", "exported": ".pt2"}
+
+
+class ExportError(Exception):
+    """A bad path or checkpoint (exit 2) or a model torch cannot export (exit 1)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint file, or a run directory's newest good checkpoint (what a resume loads)."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such checkpoint file or run directory", 2)
+    from distrib.checkpoint import Checkpointer
+
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = Checkpointer(directory, enabled=False).latest_good()
+    if found is None:
+        raise ExportError(f"{path}: no good checkpoint in {directory}", 2)
+    return found[1]
+
+
+def load(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The model of checkpoint ``path``, rebuilt and with its weights, and the run's config."""
+    from distrib.checkpoint.files import CheckpointError, load_checkpoint, read_manifest
+
+    try:
+        state = load_checkpoint(path, read_manifest(path.parent).get(path.name))
+    except CheckpointError as e:
+        raise ExportError(str(e), 2) from None
+    config = state.get("config")
+    if not isinstance(config, dict) or "model" not in config or "model" not in state:
+        raise ExportError(f"{path}: not a distrib checkpoint (no model config and weights)", 2)
+    from distrib.guards import build_named
+
+    model = build_named("model", config["model"])
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def example_input(config: dict[str, Any], shape: tuple[int, ...] | None) -> Any:
+    """``shape`` of zeros, or one sample of the run's evaluation set with a batch dim of 1."""
+    import torch
+
+    if shape is not None:
+        return torch.zeros(shape)
+    from distrib.guards import build_named
+
+    sample = build_named("data.eval", config["data"]["eval"])[0]
+    x = sample[0] if isinstance(sample, list | tuple) else sample
+    if not isinstance(x, torch.Tensor):
+        raise ExportError("the eval set's samples are not tensors: give --example-input-shape", 2)
+    return x.unsqueeze(0)
+
+
+def export(model: Any, example: Any, fmt: str, out: Path) -> None:
+    """Write the artifact to ``out`` atomically (a temporary name, then a rename)."""
+    import torch
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if fmt == "torchscript":
+            with torch.no_grad():
+                torch.jit.save(torch.jit.trace(model, example), str(tmp))
+        else:
+            torch.export.save(torch.export.export(model, (example,)), str(tmp))
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        other = "exported" if fmt == "torchscript" else "torchscript"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{fmt} export failed: {first}; try --format {other}", 1) from None
+    os.replace(tmp, out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m distrib export", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
+    p.add_argument("--format", choices=sorted(FORMATS), default="torchscript")
+    p.add_argument("--example-input-shape", help="e.g. 1,1,8,8 (default: one eval sample)")
+    p.add_argument("--out", type=Path, help="default: next to the checkpoint")
+    args = p.parse_args(argv)
+    try:
+        shape = None
+        if args.example_input_shape:
+            try:
+                shape = tuple(int(d) for d in args.example_input_shape.split(","))
+            except ValueError:
+                raise ExportError(
+                    f"--example-input-shape {args.example_input_shape}: expected e.g. 1,1,8,8", 2
+                ) from None
+        path = resolve(args.checkpoint)
+        model, config = load(path)
+        example = example_input(config, shape)
+        out = args.out or path.with_name(path.name.removesuffix(".pt") + FORMATS[args.format])
+        export(model, example, args.format, out)
+    except ExportError as e:
+        print(f"distrib: error: {e}", file=sys.stderr)
+        return e.code
+    import torch
+
+    meta = {
+        "format": args.format,
+        "input_shape": list(example.shape),
+        "input_dtype": str(example.dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "checkpoint": str(path),
+        "checkpoint_sha256": _sha256(path),
+    }
+    Path(f"{out}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"distrib: wrote {out} ({args.format}) and {out}.json")
+    return 0

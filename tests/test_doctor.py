@@ -1,0 +1,58 @@
+"""``python -m distrib env``: the facts, and workers that talk, measured."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from helpers import run_cli
+
+from distrib.doctor import SIZES, launch_environment
+
+PY = sys.executable
+
+
+def test_the_launch_environment_is_named_with_what_it_says():
+    assert launch_environment({}) == {"kind": "none"}
+    torchrun = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "h0", "MASTER_PORT": "2950", "TORCHELASTIC_RUN_ID": "x"}  # fmt: skip
+    got = launch_environment(torchrun)
+    assert got["kind"] == "torchrun" and got["rank"] == 1 and got["world_size"] == 4
+    step = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4",
+            "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_JOB_NODELIST": "node[01-02]", "SLURM_TASKS_PER_NODE": "2(x2)"}  # fmt: skip
+    got = launch_environment(step)
+    assert got["kind"] == "slurm step" and got["job_id"] == "7" and got["nodes"] == "2"
+    assert got["rank"] == 3 and got["world_size"] == 4 and got["master_addr"] == "node01"
+    batch = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2"}  # the batch script, no step yet
+    assert launch_environment(batch)["kind"] == "slurm job"
+
+
+def test_env_prints_one_screen_with_versions_and_backends():
+    import torch
+
+    res = run_cli(PY, "-m", "distrib", "env")
+    assert res.returncode == 0, res.stderr
+    assert f"torch       {torch.__version__}" in res.stdout
+    assert "gloo True" in res.stdout and "launched by none" in res.stdout
+    assert len(res.stdout.splitlines()) <= 25
+
+
+@pytest.mark.slow
+def test_env_check_times_all_reduce_on_two_workers_as_json():
+    res = run_cli(PY, "-m", "distrib", "env", "--check", "2", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout)
+    assert info["backends"]["gloo"] is True and info["cuda_available"] is False
+    check = info["check"]
+    assert check["backend"] == "gloo" and check["world_size"] == 2
+    assert [r["bytes"] for r in check["sizes"]] == list(SIZES)
+    assert all(r["latency_us"] > 0 and r["busbw_gbps"] > 0 for r in check["sizes"])
+
+
+def test_a_bad_command_or_worker_count_is_one_line_exit_2():
+    res = run_cli(PY, "-m", "distrib", "env", "--check", "0")
+    assert res.returncode == 2 and res.stderr.strip().startswith("distrib: error: --check 0")
+    res = run_cli(PY, "-m", "distrib", "nope")
+    assert res.returncode == 2 and res.stderr.startswith("distrib: error: unknown command 'nope'")
