@@ -13,10 +13,16 @@ For your own training script, five calls::
             ...
     acc = distrib.reduce_sum(torch.tensor([correct, total]))  # exact global numbers
 
-then run it with ``python -m distrib.launch --nproc 2 my_script.py`` or under torchrun / SLURM.
+then run it with ``python -m distrib.launch --nproc 2 my_script.py`` or under torchrun / SLURM;
+from a Jupyter notebook, put the same lines in a function and call
+``distrib.notebook_launch(train, nproc=2)``.
 For the batteries-included trainer: ``python -m distrib.train launcher.nproc=2``.
 """
 
+from collections.abc import Callable
+from typing import Any
+
+from distrib import process_group
 from distrib.collectives import barrier, reduce_sum
 from distrib.data import eval_loader, loader
 from distrib.env import WorkerEnv, read_env
@@ -40,6 +46,7 @@ __all__ = [
     "eval_loader",
     "init",
     "loader",
+    "notebook_launch",
     "read_env",
     "reduce_sum",
     "seed_all",
@@ -48,3 +55,38 @@ __all__ = [
     "unwrap",
     "wrap",
 ]
+
+
+def notebook_launch(
+    fn: Callable[..., Any], *args: Any, nproc: int = 2, **options: Any
+) -> dict[int, Any]:
+    """Run ``fn(*args)`` on ``nproc`` local workers from a Jupyter notebook; ``{rank: result}``.
+
+    Example, in a cell::
+
+        def train(epochs):
+            ctx = distrib.init()
+            model = distrib.wrap(MyNet())
+            ...
+            distrib.shutdown()
+            return losses
+
+        losses = distrib.notebook_launch(train, 5, nproc=2)[0]  # rank 0's losses
+
+    A notebook cannot run ``python -m distrib.launch``, and its functions cannot be imported
+    by a fresh interpreter, so the workers are forked from the kernel: CUDA must not have been
+    used in the kernel itself (restart it and call this first), and ``fn`` joins the job with
+    ``distrib.init()`` as any worker does. A worker's error is raised here as `RuntimeError`
+    naming its rank, with its traceback as a note; interrupting the cell stops every worker.
+    ``options``: ``max_restarts``, ``failure_grace_s``, ``signal_grace_s`` (after an interrupt,
+    seconds before SIGKILL). How and why: `distrib.launch.notebook`.
+    """
+    if process_group._current is not None:  # every forked worker would think it is rank 0 of 1
+        raise RuntimeError(
+            "distrib.init() was already called in this kernel, and forked workers would inherit "
+            "its context: call distrib.shutdown() first, and call distrib.init() only inside fn"
+        )
+    # Imported here, not at the top: the worker side (this package) never imports the launch side.
+    from distrib.launch.notebook import notebook_launch as launch
+
+    return launch(fn, *args, nproc=nproc, **options)

@@ -26,15 +26,17 @@ def launch(
     topology: Topology | None = None,
     run_id: str | None = None,
     max_restarts: int | None = None,
+    start_method: str = "spawn",
 ) -> dict[int, Any]:
     """Run ``fn(*args)`` in this node's workers; return ``{rank: return value}``.
 
-    ``fn`` must be importable by name (workers are spawned, not forked). ``nproc`` and
-    ``max_restarts`` are shorthands for a one-node `Topology`.
+    ``fn`` must be importable by name (workers are spawned, not forked), unless
+    ``start_method="fork"`` (see `distrib.launch.notebook`). ``nproc`` and ``max_restarts`` are
+    shorthands for a one-node `Topology`.
     """
     topo = topology or Topology(nproc_per_node=nproc or 1, max_restarts=max_restarts or 0)
     return run(
-        launch_config(topo, run_id=run_id),
+        launch_config(topo, run_id=run_id, start_method=start_method),
         fn,
         args,
         failure_grace_s=topo.failure_grace_s,

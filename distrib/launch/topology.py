@@ -24,6 +24,7 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 29400  # torchrun's default rendezvous port
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 """The agent passes these on to the workers; SIGUSR1/2 mean "checkpoint and requeue"."""
+START_METHODS = ("spawn", "fork")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,9 +127,18 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def launch_config(topology: Topology, *, run_id: str | None = None) -> Any:
-    """The `LaunchConfig` of ``topology`` (single node: rendezvous on loopback, a free port)."""
+def launch_config(
+    topology: Topology, *, run_id: str | None = None, start_method: str = "spawn"
+) -> Any:
+    """The `LaunchConfig` of ``topology`` (single node: rendezvous on loopback, a free port).
+
+    ``start_method``: "spawn" (a fresh interpreter per worker, what torchrun does) or "fork"
+    (a copy of this process: what a notebook needs, where the function lives in ``__main__``).
+    """
     from torch.distributed.launcher.api import LaunchConfig
+
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method={start_method!r}: expected one of {START_METHODS}")
 
     common: dict[str, Any] = {
         "nproc_per_node": topology.nproc_per_node,
@@ -138,7 +148,7 @@ def launch_config(topology: Topology, *, run_id: str | None = None) -> Any:
         or (f"local-{uuid.uuid4().hex[:8]}" if topology.single_node else "none"),
         "max_restarts": topology.max_restarts,
         "monitor_interval": 0.1,
-        "start_method": "spawn",
+        "start_method": start_method,
         "signals_to_handle": FORWARDED_SIGNALS,
     }
     from distrib.launch.rendezvous import register

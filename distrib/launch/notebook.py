@@ -1,0 +1,186 @@
+"""``distrib.notebook_launch``: run a function on N local workers from inside a Jupyter kernel.
+
+In a cell::
+
+    def train(epochs):
+        ctx = distrib.init()
+        ...
+        distrib.shutdown()
+        return losses
+
+    results = distrib.notebook_launch(train, 3, nproc=2)  # {rank: train(3)}
+
+The same elastic agent, loopback rendezvous and failure report as `distrib.launch.local`, with
+what a kernel needs on top:
+
+- Workers are FORKED, always. A function defined in a notebook lives in the kernel's
+  ``__main__``, which a spawned interpreter cannot import; fork needs no pickling. Always, not
+  only for ``__main__`` functions, so a function behaves the same wherever it was defined.
+- A fork copies the kernel, so state that does not survive a fork is refused in one line before
+  anything starts: an initialised CUDA (a forked child cannot use it), a process group, and an
+  OpenMP thread pool torch already started (GNU OpenMP keeps the pool but not its threads: a
+  forked worker's first multi-threaded op waits forever).
+- Each worker starts as a spawned one would: the signal handlers of a fresh interpreter (not the
+  agent's, which it installs before forking) and cores / nproc threads. It leaves through
+  ``os._exit`` (multiprocessing's fork), so the kernel's zmq sockets and atexit hooks are never
+  touched; its prints reach the cell through ipykernel's fork-aware stdout.
+- Interrupting the cell (the kernel's SIGINT) stops every worker -- the signal, then SIGKILL
+  after ``signal_grace_s`` -- before `KeyboardInterrupt` is raised in the cell. torch's agent
+  leaves its own signal handlers installed; the kernel's are put back.
+- A worker's error is raised in the cell as ``RuntimeError("rank 1 failed: ValueError: boom")``
+  with that worker's traceback attached as a note.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from distrib.launch.agent import Interrupted, WorkerFailed
+from distrib.launch.local import launch
+from distrib.launch.script import die_with_parent
+from distrib.launch.topology import FORWARDED_SIGNALS, Topology, _cores
+
+__all__ = ["notebook_launch"]
+
+_SIGNALS = tuple(getattr(signal, name) for name in FORWARDED_SIGNALS.split(","))
+_PROBE_TIMEOUT_S = 5.0
+
+CUDA_INITIALISED = (
+    "CUDA is already initialised in this kernel, and forked workers cannot use CUDA after that: "
+    "restart the kernel and call distrib.notebook_launch before any CUDA use in the kernel "
+    "(no .cuda(), torch.cuda.* or distrib.init() outside the launched function)"
+)
+GROUP_INITIALISED = (
+    "a process group already exists in this kernel (torch.distributed.init_process_group), and "
+    "forked workers would inherit it: call torch.distributed.destroy_process_group() or restart "
+    "the kernel, and let the launched function call distrib.init()"
+)
+OPENMP_STARTED = (
+    "torch already ran a multi-threaded op in this kernel, and forked workers using {threads} "
+    "threads each would hang in OpenMP: restart the kernel and call torch.set_num_threads(1) "
+    "before any torch op in the kernel (the workers still get cores / nproc threads)"
+)
+
+
+def notebook_launch(
+    fn: Callable[..., Any],
+    *args: Any,
+    nproc: int = 2,
+    max_restarts: int = 0,
+    failure_grace_s: float = 3.0,
+    signal_grace_s: float = 5.0,
+) -> dict[int, Any]:
+    """Run ``fn(*args)`` on ``nproc`` forked local workers; return ``{rank: return value}``.
+
+    ``fn`` calls ``distrib.init()`` itself, as any worker does. Raises `RuntimeError` naming
+    the rank that failed first, or `KeyboardInterrupt` once an interrupt stopped every worker.
+    ``signal_grace_s``: after an interrupt, how long workers get before SIGKILL.
+    """
+    topology = Topology(
+        nproc_per_node=nproc,
+        max_restarts=max_restarts,
+        failure_grace_s=failure_grace_s,
+        signal_grace_s=signal_grace_s,
+    )
+    threads = max(1, _cores() // nproc)  # what distrib.init gives each worker
+    refuse_unforkable_state(threads)
+    saved = _signal_handlers()
+    try:
+        return launch(_worker, (threads, fn, *args), topology=topology, start_method="fork")
+    except WorkerFailed as failure:
+        raise cell_error(failure) from None
+    except Interrupted as interrupted:
+        if interrupted.signum != signal.SIGINT:
+            raise
+        raise KeyboardInterrupt(f"interrupted; the {nproc} workers were stopped") from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def refuse_unforkable_state(threads: int) -> None:
+    """Raise `RuntimeError` with the fix if this process holds state a forked worker cannot use."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError(CUDA_INITIALISED)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise RuntimeError(GROUP_INITIALISED)
+    if threads > 1 and not openmp_forks_safely(threads):
+        raise RuntimeError(OPENMP_STARTED.format(threads=threads))
+
+
+def openmp_forks_safely(threads: int, timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether a forked child of this process can run a ``threads``-wide OpenMP region.
+
+    GNU OpenMP (torch's, on Linux) cannot tell from inside whether its pool survived a fork, and
+    neither can we; a throwaway fork that runs one parallel op can. Milliseconds when all is
+    well; ``timeout_s`` (then SIGKILL) when the pool is stale.
+    """
+    pid = os.fork()
+    if pid == 0:  # the probe child: never returns
+        code = 1
+        try:
+            import torch
+
+            die_with_parent()
+            torch.set_num_threads(threads)
+            torch.ones(1 << 17).mul_(2)  # over torch's grain size (32768): one OpenMP region
+            code = 0
+        finally:
+            os._exit(code)
+    exited = False
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                exited = True
+                return os.waitstatus_to_exitcode(status) == 0
+            time.sleep(0.005)
+        return False
+    finally:
+        if not exited:  # hung (the answer), or the cell was interrupted: never leave it behind
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _worker(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """A forked worker's entry: start as a spawned worker would, then run ``fn``.
+
+    The agent installed its handlers (they raise in the agent's loop) before forking; a worker
+    gets Python's defaults instead. A forked torch ignores OMP_NUM_THREADS (read at import), so
+    the thread count is set here.
+    """
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    import torch
+
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    """The handlers torch's agent replaces (and never restores); only the main thread may."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # the agent registers none off the main thread either
+    saved = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    return {sig: handler for sig, handler in saved.items() if handler is not None}
+
+
+def cell_error(failure: WorkerFailed) -> RuntimeError:
+    """``rank N failed: <its last traceback line>``, with the worker's whole traceback as a note."""
+    lines = [line.strip() for line in failure.traceback.strip().splitlines() if line.strip()]
+    error = RuntimeError(f"rank {failure.rank} failed: {lines[-1]}" if lines else str(failure))
+    if lines:
+        note = f"rank {failure.rank}'s traceback:\n{failure.traceback.rstrip()}"
+        if hasattr(error, "add_note"):  # Python 3.11+
+            error.add_note(note)
+        else:
+            error.args = (f"{error.args[0]}\n{note}",)
+    return error
