@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite, in two groups run side by side, then the SLURM cluster stopped.
 #   - the SLURM group (-m slurm): jobs on the local cluster (tests/slurm/cluster.sh, started
-#     here when this machine can run it); mostly waiting on the scheduler, so it overlaps well
+#     here when this machine can run it); mostly waiting on the scheduler, so it overlaps well;
+#     with it the tests marked waits (a timeout or a sleep is most of their time)
 #   - everything else
 # Extra arguments go to both pytest runs. Exit status: non-zero if either group failed.
 set -uo pipefail
@@ -25,12 +26,14 @@ if [ "$(id -u)" = 0 ]; then
     fi
 fi
 
-"$PY" -m pytest -q -m slurm --basetemp="$TMP/slurm" -p no:cacheprovider "$@" >"$TMP/slurm.log" 2>&1 &
+# beside it, the tests that mostly wait out a timeout or a sleep (-m waits): little CPU either
+"$PY" -m pytest -q -m "slurm or waits" --basetemp="$TMP/slurm" -p no:cacheprovider "$@" \
+    >"$TMP/slurm.log" 2>&1 &
 slurm_pid=$!
-"$PY" -m pytest -q -m "not slurm" --basetemp="$TMP/main" "$@"
+"$PY" -m pytest -q -m "not slurm and not waits" --basetemp="$TMP/main" "$@"
 main_status=$?
 wait "$slurm_pid" || slurm_status=$?
-echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster)"
+echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster) and the waiting tests"
 cat "$TMP/slurm.log"
 # pytest exits 5 when a group selected no test (e.g. a file filter outside it): not a failure
 [ "$slurm_status" = 5 ] && slurm_status=0

@@ -194,6 +194,7 @@ def test_a_script_that_never_imports_distrib_runs_on_two_nodes(tmp_path: Path, r
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+@pytest.mark.waits
 def test_an_unreachable_endpoint_is_one_line_within_the_rendezvous_timeout(tmp_path: Path):
     with two_hosts() as hosts:
         start = time.monotonic()

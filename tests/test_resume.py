@@ -124,6 +124,7 @@ def test_resume_on_another_world_size_sees_every_sample_once_per_epoch(
 
 
 @pytest.mark.slow
+@pytest.mark.waits  # its data sleeps 10 ms a sample
 def test_sigterm_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path):
     run_dir = tmp_path / "run"
     cmd = [
