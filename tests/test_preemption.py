@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
-from helpers import spawn
+from helpers import ROOT, spawn
 
 import distrib
 from distrib import preemption
+
+PY = sys.executable
 
 
 def wait_for(flag: preemption.PreemptionFlag, timeout: float = 5.0) -> bool:
@@ -77,3 +82,76 @@ def _signal_only_rank_one() -> tuple[bool, bool, bool]:
 
 def test_all_ranks_stop_when_one_is_signalled() -> None:
     assert spawn(_signal_only_rank_one, world_size=2) == [(False, True, False), (False, True, True)]
+
+
+# --- Ctrl-C on the trainer: SIGINT to the whole foreground group, as a terminal sends it ---
+
+
+def _ctrl_c_run(
+    tmp_path: Path, nproc: int, delay: float, log_every: int = 1
+) -> tuple[subprocess.Popen, Path]:
+    """A training in its own session, as a terminal runs it, once it has taken steps."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        PY, "-m", "distrib.train", "model=mlp", "model.in_features=16",
+        "data.train._target_=fixtures.Recorded", "data.eval._target_=fixtures.Recorded",
+        f"+data.train.delay={delay}", "trainer.global_batch_size=32", "trainer.epochs=50",
+        f"trainer.log_every={log_every}", f"launcher.nproc={nproc}", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    log = run_dir / "logs" / "rank0.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "training on" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1.5)
+    return proc, run_dir
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path: Path, nproc: int):
+    proc, run_dir = _ctrl_c_run(tmp_path, nproc, delay=0.0005)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err[-3000:]
+    assert err == ""  # no traceback, from any worker
+    last = out.strip().splitlines()[-1]
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    step = int(latest[5:13])
+    assert last == (
+        f"distrib: interrupted: checkpoint at step {step} written in {run_dir}/checkpoints; "
+        "run the same command to resume (Ctrl-C twice stops without saving)"
+    )
+    assert step % 16 != 0  # mid-epoch (16 steps an epoch): saved when stopped, not at an end
+    deadline = time.monotonic() + 10
+    while not _group_gone(proc.pid):
+        assert time.monotonic() < deadline, "a process of the run is left"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.waits
+def test_ctrl_c_twice_stops_at_once_with_one_line(tmp_path: Path):
+    # ~0.6 s a step, a stop vote every 10: the second Ctrl-C comes before the first is acted on
+    proc, run_dir = _ctrl_c_run(tmp_path, 1, delay=0.02, log_every=100)
+    saved = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["distrib: interrupted (nothing saved)"], err[-3000:]
+    assert sorted((run_dir / "checkpoints").glob("step-*.pt")) == saved

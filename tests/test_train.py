@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli, train_cli
+from helpers import ROOT, SMALL_RUN, run_cli, train_cli
 
 PY = sys.executable
 FAST = ["trainer.epochs=1", "trainer.log_every=100"]
@@ -185,12 +185,7 @@ def test_users_add_their_own_config_groups_with_config_dir(tmp_path: Path):
 # --- beyond one machine: restarts that resume, hangs that end, GPUs checked up front ---
 
 RESTART_RUN = [
-    "model=mlp",
-    "model.in_features=16",
-    "data.train._target_=fixtures.Recorded",
-    "data.eval._target_=fixtures.Recorded",
-    "trainer.global_batch_size=32",
-    "trainer.log_every=4",
+    *SMALL_RUN[:6],  # the one-epoch run's model and data, for 3 epochs
     "trainer.deterministic=true",
     "trainer.epochs=3",
     "trainer.checkpoint.every_steps=5",
@@ -327,8 +322,6 @@ def test_torchrun_run_interrupted_and_restarted_with_the_readme_command_resumes(
 @pytest.mark.slow
 @pytest.mark.waits
 def test_sigterm_while_a_rank_hangs_does_not_claim_a_checkpoint(tmp_path: Path):
-    import signal
-    import subprocess
 
     cmd = [
         PY,
@@ -397,73 +390,3 @@ def test_data_the_trainer_cannot_use_is_one_line(tmp_path: Path, target, nproc, 
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert expected in last, res.stderr[-2000:]
-
-
-def _ctrl_c_run(
-    tmp_path: Path, nproc: int, delay: float, log_every: int = 1
-) -> tuple[subprocess.Popen, Path]:
-    """A training in its own session, as a terminal runs it, once it has taken steps."""
-    run_dir = tmp_path / "run"
-    cmd = [
-        PY, "-m", "distrib.train", "model=mlp", "model.in_features=16",
-        "data.train._target_=fixtures.Recorded", "data.eval._target_=fixtures.Recorded",
-        f"+data.train.delay={delay}", "trainer.global_batch_size=32", "trainer.epochs=50",
-        f"trainer.log_every={log_every}", f"launcher.nproc={nproc}", f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    log = run_dir / "logs" / "rank0.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "training on" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    time.sleep(1.5)
-    return proc, run_dir
-
-
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path: Path, nproc: int):
-    proc, run_dir = _ctrl_c_run(tmp_path, nproc, delay=0.0005)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-    out, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err[-3000:]
-    assert err == ""  # no traceback, from any worker
-    last = out.strip().splitlines()[-1]
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    step = int(latest[5:13])
-    assert last == (
-        f"distrib: interrupted: checkpoint at step {step} written in {run_dir}/checkpoints; "
-        "run the same command to resume (Ctrl-C twice stops without saving)"
-    )
-    assert step % 16 != 0  # mid-epoch (16 steps an epoch): saved when stopped, not at an end
-    deadline = time.monotonic() + 10
-    while not _group_gone(proc.pid):
-        assert time.monotonic() < deadline, "a process of the run is left"
-        time.sleep(0.2)
-
-
-@pytest.mark.slow
-@pytest.mark.waits
-def test_ctrl_c_twice_stops_at_once_with_one_line(tmp_path: Path):
-    # ~0.6 s a step, a stop vote every 10: the second Ctrl-C comes before the first is acted on
-    proc, run_dir = _ctrl_c_run(tmp_path, 1, delay=0.02, log_every=100)
-    saved = sorted((run_dir / "checkpoints").glob("step-*.pt"))
-    os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(1.5)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert err.strip().splitlines() == ["distrib: interrupted (nothing saved)"], err[-3000:]
-    assert sorted((run_dir / "checkpoints").glob("step-*.pt")) == saved
