@@ -1,32 +1,47 @@
 """``python -m distrib env|export ...``: the tools around training (the trainer itself is
-``python -m distrib.train``, the launcher ``python -m distrib.launch``)."""
+``python -m distrib.train``, the launcher ``python -m distrib.launch``).
+
+Each command owns its options and is imported only once picked, so one command never pays for
+the other's imports (torch itself comes with ``import distrib``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 
-USAGE = """usage: python -m distrib COMMAND [options]
+COMMANDS = {
+    "env": ("distrib.doctor", "Python, torch, CUDA, backends, launch environment; --check N"),
+    "export": ("distrib.export", "a checkpoint's model as TorchScript or torch.export"),
+}
 
-commands:
-  env      which Python, torch, CUDA, backends, launch environment; --check N times all_reduce
-  export   a checkpoint's model as TorchScript or torch.export, loadable with torch alone
 
-training: python -m distrib.train ...   launching a script: python -m distrib.launch ..."""
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m distrib",
+        description="Tools around training.",
+        epilog="training: python -m distrib.train ...   a script: python -m distrib.launch ...",
+        exit_on_error=False,  # an unknown command is our one line, not usage and a line
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return p
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "env":
-        from distrib.doctor import main as run
-    elif command == "export":
-        from distrib.export import main as run
-    else:
-        print(f"distrib: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    parser = _parser()
+    if not argv:
+        parser.print_help(sys.stderr)
         return 2
-    return run(rest)
+    try:
+        command = parser.parse_args(argv[:1]).command  # the command's own parser reads the rest
+    except argparse.ArgumentError as e:
+        print(f"distrib: error: {e}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(argv[1:]))
 
 
 if __name__ == "__main__":

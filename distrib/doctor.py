@@ -3,7 +3,9 @@
 The first thing to run on a new machine or cluster (also as a SLURM job step). It collects the
 facts into one dict, so the screen and ``--json`` say the same; ``--check N`` starts N local
 workers through distrib's own launcher and times an all_reduce of a few sizes, the numbers that
-tell a broken or slow interconnect from a slow model.
+tell a broken or slow interconnect from a slow model. Inside a job's worker (torchrun, or a
+SLURM step of several tasks) ``--check`` launches nothing: it measures the job's own world in
+place and only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def facts(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Everything the screen shows, as plain JSON-able values."""
     import torch
     import torch.distributed as dist
+
+    from distrib.launch.topology import LOOPBACK  # pure values: no launch happens
 
     environ = os.environ if environ is None else environ
     cuda = torch.cuda.is_available()
@@ -54,7 +58,7 @@ def facts(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         },
         "launch": launch_environment(environ),
         "hostname": socket.gethostname(),
-        "rendezvous": {"single_machine": "127.0.0.1", "multi_node": _host_address()},
+        "rendezvous": {"single_machine": LOOPBACK, "multi_node": _host_address()},
         "packages": {name: _version(name) for name in PACKAGES},
     }
 
@@ -93,8 +97,12 @@ def _host_address() -> str:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(("10.255.255.255", 1))  # no packet is sent: picks the outgoing interface
             return str(s.getsockname()[0])
-    except OSError:
+    except OSError:  # no route at all (an offline machine): what the hostname resolves to
+        pass
+    try:
         return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "unresolved"
 
 
 def _version(name: str) -> str:
@@ -148,8 +156,8 @@ def _sync(device: Any) -> None:
 
 
 def check(nproc: int) -> dict[str, Any]:
-    """`measure` on ``nproc`` local workers started by distrib's launcher (in place when this
-    process already is a worker of a job: torchrun or a SLURM step)."""
+    """`measure` on ``nproc`` local workers started by distrib's launcher; in place (``nproc``
+    unused) when this process already is a worker of a job: torchrun or a SLURM step."""
     from distrib.env import is_worker
 
     if is_worker():
@@ -157,6 +165,22 @@ def check(nproc: int) -> dict[str, Any]:
     from distrib.launch.local import launch
 
     return launch(measure, (), nproc=nproc)[0]
+
+
+def gpu_shortfall(nproc: int) -> str | None:
+    """Why ``nproc`` local workers cannot start, said before any starts: on CUDA, nccl needs
+    one GPU per worker, and two workers on one GPU end in NCCL's "Duplicate GPU" abort."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count or nproc <= count:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    return (
+        f"--check {nproc}: nccl needs one GPU per worker, but {count} GPU(s) are visible"
+        f"{shown}; use --check {count} or fewer"
+    )
 
 
 def render(info: dict[str, Any]) -> str:
@@ -196,12 +220,20 @@ def main(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m distrib env", description=__doc__.split("\n")[0])
-    p.add_argument("--check", type=int, metavar="N", help="time all_reduce on N local workers")
+    say = "time all_reduce on N local workers (inside a job's worker: on the job's own)"
+    p.add_argument("--check", type=int, metavar="N", help=say)
     p.add_argument("--json", action="store_true", help="the same facts as JSON")
     args = p.parse_args(argv)
+    from distrib.env import is_worker, read_env
+
+    in_place = is_worker()
+    problem = None
     if args.check is not None and args.check < 1:
-        print(f"distrib: error: --check {args.check}: expected a number of workers >= 1",
-              file=sys.stderr)  # fmt: skip
+        problem = f"--check {args.check}: expected a number of workers >= 1"
+    elif args.check and not in_place:
+        problem = gpu_shortfall(args.check)
+    if problem:
+        print(f"distrib: error: {problem}", file=sys.stderr)
         return 2
     info = facts()
     if args.check:
@@ -212,5 +244,7 @@ def main(argv: list[str]) -> int:
             print(f"distrib: error: --check {args.check}: {type(e).__name__}: {said}",
                   file=sys.stderr)  # fmt: skip
             return 1
+        if in_place and not read_env().is_main:
+            return 0  # the numbers are rank 0's: one table per job, not one per worker
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0

@@ -9,10 +9,14 @@ version and the checkpoint's sha256, so a deployed model names the exact weights
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +57,14 @@ def load(path: Path) -> tuple[Any, dict[str, Any]]:
     config = state.get("config")
     if not isinstance(config, dict) or "model" not in config or "model" not in state:
         raise ExportError(f"{path}: not a distrib checkpoint (no model config and weights)", 2)
-    from distrib.guards import build_named
+    from distrib.guards import BuildFailed, build_named
 
-    model = build_named("model", config["model"])
-    model.load_state_dict(state["model"])
+    try:
+        model = build_named("model", config["model"])
+        model.load_state_dict(state["model"])
+    except (BuildFailed, RuntimeError) as e:  # code moved on since, or weights of another shape
+        said = " ".join(str(e).split())[:300]  # load_state_dict names the keys on line two
+        raise ExportError(f"{path}: its model does not rebuild here: {said}", 2) from None
     return model.eval(), config
 
 
@@ -66,12 +74,22 @@ def example_input(config: dict[str, Any], shape: tuple[int, ...] | None) -> Any:
 
     if shape is not None:
         return torch.zeros(shape)
-    from distrib.guards import build_named
+    from distrib.guards import BuildFailed, build_named
 
-    sample = build_named("data.eval", config["data"]["eval"])[0]
+    hint = "give --example-input-shape, e.g. 1,1,8,8"
+    node = (config.get("data") or {}).get("eval")
+    if not isinstance(node, dict):
+        raise ExportError(
+            f"the checkpoint's config has no data.eval to take a sample of: {hint}", 2
+        )
+    try:  # the data may live where the run did, not here
+        sample = build_named("data.eval", node)[0]
+    except (BuildFailed, IndexError) as e:
+        said = " ".join(str(e).split())[:300]
+        raise ExportError(f"no sample of the eval set ({said}): {hint}", 2) from None
     x = sample[0] if isinstance(sample, list | tuple) else sample
     if not isinstance(x, torch.Tensor):
-        raise ExportError("the eval set's samples are not tensors: give --example-input-shape", 2)
+        raise ExportError(f"the eval set's samples are not tensors: {hint}", 2)
     return x.unsqueeze(0)
 
 
@@ -81,11 +99,12 @@ def export(model: Any, example: Any, fmt: str, out: Path) -> None:
 
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        if fmt == "torchscript":
-            with torch.no_grad():
-                torch.jit.save(torch.jit.trace(model, example), str(tmp))
-        else:
-            torch.export.save(torch.export.export(model, (example,)), str(tmp))
+        with _quiet_unless_ok():
+            if fmt == "torchscript":
+                with torch.no_grad():
+                    torch.jit.save(torch.jit.trace(model, example), str(tmp))
+            else:
+                torch.export.save(torch.export.export(model, (example,)), str(tmp))
     except Exception as e:
         tmp.unlink(missing_ok=True)
         other = "exported" if fmt == "torchscript" else "torchscript"
@@ -94,12 +113,61 @@ def export(model: Any, example: Any, fmt: str, out: Path) -> None:
     os.replace(tmp, out)
 
 
+@contextlib.contextmanager
+def _quiet_unless_ok() -> Iterator[None]:
+    """A failing torch.export logs the error at length and prints the partial graph to stderr
+    before raising; our one line says what failed, so that is dropped. On success what torch
+    wrote (a TracerWarning that the trace may not hold for other inputs) is passed on."""
+    logger = logging.getLogger("torch")  # its handler holds the real stderr: quiet it by level
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            yield
+        sys.stderr.write(said.getvalue())
+    finally:
+        logger.setLevel(level)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    """``1,1,8,8`` -> (1, 1, 8, 8); anything else is the option's one-line error."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ExportError(f"--example-input-shape {text}: expected sizes >= 1, e.g. 1,1,8,8", 2)
+    return shape
+
+
+def _write_meta(out: Path, fmt: str, example: Any, checkpoint: Path) -> Path:
+    """``<artifact>.json``: what a deployment needs to feed the model and name its weights."""
+    import torch
+
+    from distrib.checkpoint.files import write_text_atomic
+
+    meta = {
+        "format": fmt,
+        "input_shape": list(example.shape),
+        "input_dtype": str(example.dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": _sha256(checkpoint),
+    }
+    path = Path(f"{out}.json")
+    write_text_atomic(path, json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def main(argv: list[str]) -> int:
@@ -112,32 +180,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="default: next to the checkpoint")
     args = p.parse_args(argv)
     try:
-        shape = None
-        if args.example_input_shape:
-            try:
-                shape = tuple(int(d) for d in args.example_input_shape.split(","))
-            except ValueError:
-                raise ExportError(
-                    f"--example-input-shape {args.example_input_shape}: expected e.g. 1,1,8,8", 2
-                ) from None
+        shape = _shape(args.example_input_shape)
         path = resolve(args.checkpoint)
         model, config = load(path)
         example = example_input(config, shape)
         out = args.out or path.with_name(path.name.removesuffix(".pt") + FORMATS[args.format])
+        if not out.parent.is_dir():
+            raise ExportError(f"--out {out}: no such directory {out.parent}", 2)
         export(model, example, args.format, out)
     except ExportError as e:
         print(f"distrib: error: {e}", file=sys.stderr)
         return e.code
-    import torch
-
-    meta = {
-        "format": args.format,
-        "input_shape": list(example.shape),
-        "input_dtype": str(example.dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "checkpoint": str(path),
-        "checkpoint_sha256": _sha256(path),
-    }
-    Path(f"{out}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"distrib: wrote {out} ({args.format}) and {out}.json")
+    meta = _write_meta(out, args.format, example, path)
+    print(f"distrib: wrote {out} ({args.format}) and {meta}")
     return 0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 
 import pytest
-from helpers import run_cli
+import torch
+from helpers import run_cli, spawn
 
-from distrib.doctor import SIZES, launch_environment
+from distrib import doctor
+from distrib.doctor import SIZES, gpu_shortfall, launch_environment
 
 PY = sys.executable
 
@@ -55,4 +59,32 @@ def test_a_bad_command_or_worker_count_is_one_line_exit_2():
     res = run_cli(PY, "-m", "distrib", "env", "--check", "0")
     assert res.returncode == 2 and res.stderr.strip().startswith("distrib: error: --check 0")
     res = run_cli(PY, "-m", "distrib", "nope")
-    assert res.returncode == 2 and res.stderr.startswith("distrib: error: unknown command 'nope'")
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "distrib: error: argument COMMAND: invalid choice: 'nope' (choose from 'env', 'export')"
+    )
+
+
+def test_more_workers_than_gpus_is_refused_before_any_starts(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert gpu_shortfall(2) is None
+    assert gpu_shortfall(3) == (
+        "--check 3: nccl needs one GPU per worker, but 2 GPU(s) are visible "
+        "(CUDA_VISIBLE_DEVICES=0,1); use --check 2 or fewer"
+    )
+
+
+def _env_check_in_place() -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = doctor.main(["--check", "7", "--json"])
+    return code, out.getvalue()
+
+
+@pytest.mark.slow
+def test_inside_a_job_check_measures_the_jobs_own_world_and_rank_0_prints():
+    (code0, out0), (code1, out1) = spawn(_env_check_in_place)  # torchrun's env, 2 workers
+    assert code0 == code1 == 0 and out1 == ""
+    info = json.loads(out0)
+    assert info["launch"]["kind"] == "torchrun" and info["check"]["world_size"] == 2

@@ -12,8 +12,8 @@ import pytest
 import torch
 from helpers import run_cli
 
-from distrib.config import to_config
-from distrib.export import load
+from distrib.config import build, to_config
+from distrib.export import main
 from distrib.loop import fit
 
 PY = sys.executable
@@ -73,8 +73,11 @@ def test_an_exported_model_loads_without_distrib_and_gives_the_same_outputs(
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model, _ = load(ckpt)
-    expected = model(torch.linspace(0, 1, 64).reshape(1, 1, 8, 8)).detach()
+    # the reference, rebuilt here without distrib.export: a bug there cannot cancel out
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model = build(state["config"]["model"])
+    model.load_state_dict(state["model"])
+    expected = model.eval()(torch.linspace(0, 1, 64).reshape(1, 1, 8, 8)).detach()
     torch.testing.assert_close(torch.load(out), expected, atol=1e-6, rtol=0)
 
 
@@ -90,3 +93,47 @@ def test_a_bad_checkpoint_path_is_one_line_exit_2(tmp_path: Path):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert res.stderr.startswith(f"distrib: error: {junk}")
     assert not list(tmp_path.glob("*.ts.pt*"))  # nothing half-written
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: torch.export refuses it (TorchScript's trace takes a branch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) if x.sum() > 0 else -self.linear(x)
+
+
+def test_a_model_torch_cannot_export_is_torchs_first_line_and_the_other_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    ckpt = tmp_path / "step-1.pt"
+    config = {"model": {"_target_": f"{__name__}.Branchy"}}
+    torch.save({"model": Branchy().state_dict(), "config": config}, ckpt)
+    assert main([str(ckpt), "--format", "exported", "--example-input-shape", "1,4"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distrib: error: exported export failed: Could not guard on data-")
+    assert err.endswith("; try --format torchscript") and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1.pt"]  # nothing half-written
+
+
+def test_what_is_not_a_distrib_checkpoint_or_shape_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    weights = tmp_path / "weights.pt"
+    torch.save({"model": Branchy().state_dict()}, weights)  # no config: not from distrib
+    assert main([str(weights)]) == 2
+    assert capsys.readouterr().err == (
+        f"distrib: error: {weights}: not a distrib checkpoint (no model config and weights)\n"
+    )
+    wrong = tmp_path / "wrong.pt"
+    config = {"model": {"_target_": "distrib.models.SmallCNN", "width": 8}}
+    torch.save({"model": Branchy().state_dict(), "config": config}, wrong)
+    assert main([str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"distrib: error: {wrong}: its model does not rebuild here: ")
+    assert len(err.splitlines()) == 1
+    assert main([str(weights), "--example-input-shape", "1,x"]) == 2
+    assert "--example-input-shape 1,x: expected sizes >= 1" in capsys.readouterr().err
