@@ -12,6 +12,7 @@ from typing import Any
 from distrib.errors import check
 
 LAUNCHERS = ("local", "slurm")
+START_METHODS = ("auto", "fork", "spawn")
 
 
 @dataclass(kw_only=True)
@@ -43,6 +44,10 @@ class LauncherConfig:
     signal_grace_s: float = 30.0
     """After SIGTERM/SIGUSR1 reach the launcher, how long the workers get to checkpoint before
     SIGKILL; keep it under the cluster's own grace (SLURM's GraceTime)."""
+    start_method: str = "auto"
+    """local: fork (workers are copies of the launcher, which has imported torch and your code
+    already: no second import), spawn (fresh interpreters, as torchrun), or auto: fork unless
+    CUDA, a process group or a started OpenMP pool in the launcher forbid it."""
 
     # --- launcher=slurm: what sbatch is asked for (distrib.launch.slurm) ---
     partition: str = ""
@@ -73,6 +78,8 @@ class LauncherConfig:
         grace = self.signal_grace_s
         check(grace > 0, "launcher.signal_grace_s", grace, "seconds > 0")
         check(self.nnodes >= 1, "launcher.nnodes", self.nnodes, "an integer >= 1")
+        method = self.start_method
+        check(method in START_METHODS, "launcher.start_method", method, "auto, fork or spawn")
         # Endpoint, node rank and the rest are checked where they become a launch topology
         # (`distrib.train.topology`): the worker side never imports the launch side.
 

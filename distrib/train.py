@@ -299,6 +299,7 @@ _LAUNCHER_KEYS = {
     "--rdzv-endpoint": "launcher.rdzv_endpoint",
     "--rdzv-timeout": "launcher.rdzv_timeout_s",
     "--max-restarts": "launcher.max_restarts",
+    "--start-method": "launcher.start_method",
 }
 
 
@@ -319,6 +320,7 @@ def topology(launcher: Any) -> Any:
             ifname=launcher.ifname,
             max_restarts=launcher.max_restarts,
             signal_grace_s=launcher.signal_grace_s,
+            start_method=launcher.start_method,
         )
     except ConfigError as e:  # name the config key, not the command-line option
         raise ConfigError(_LAUNCHER_KEYS.get(e.key, e.key), e.value, e.allowed) from None

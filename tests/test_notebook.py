@@ -162,7 +162,7 @@ def test_a_context_in_the_kernel_is_refused() -> None:
 def test_a_stale_openmp_pool_is_detected() -> None:
     code = """
     import torch
-    from distrib.launch.notebook import openmp_forks_safely
+    from distrib.launch.fork import openmp_forks_safely
 
     fresh = openmp_forks_safely(2, timeout_s=30)
     torch.set_num_threads(2)

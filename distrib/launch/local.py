@@ -8,10 +8,12 @@ that failed first.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from distrib.launch import fork
 from distrib.launch.agent import Interrupted, WorkerFailed, run
 from distrib.launch.topology import LOOPBACK, Topology, launch_config, worker_env
 
@@ -26,22 +28,30 @@ def launch(
     topology: Topology | None = None,
     run_id: str | None = None,
     max_restarts: int | None = None,
-    start_method: str = "spawn",
+    start_method: str | None = None,
 ) -> dict[int, Any]:
     """Run ``fn(*args)`` in this node's workers; return ``{rank: return value}``.
 
-    ``fn`` must be importable by name (workers are spawned, not forked), unless
-    ``start_method="fork"`` (see `distrib.launch.notebook`). ``nproc`` and ``max_restarts`` are
+    The workers are forked from this process where that is safe, else spawned
+    (`distrib.launch.fork`; the topology's ``start_method`` says which, or ``start_method``
+    here). A spawned worker imports ``fn`` by name. ``nproc`` and ``max_restarts`` are
     shorthands for a one-node `Topology`.
     """
     topo = topology or Topology(nproc_per_node=nproc or 1, max_restarts=max_restarts or 0)
+    env = worker_env(topo)
+    method = start_method or topo.start_method
+    if method == "auto":
+        threads = int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or 1)
+        method = fork.start_method(fn, threads)
+    if method == "fork":
+        fn, args = fork.forked, (fn, *args)
     return run(
-        launch_config(topo, run_id=run_id, start_method=start_method),
+        launch_config(topo, run_id=run_id, start_method=method),
         fn,
         args,
         failure_grace_s=topo.failure_grace_s,
         signal_grace_s=topo.signal_grace_s,
-        extra_env=worker_env(topo),
+        extra_env=env,
     )
 
 

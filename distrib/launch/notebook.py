@@ -33,22 +33,18 @@ what a kernel needs on top:
 
 from __future__ import annotations
 
-import os
 import signal
+import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from distrib.launch.agent import Interrupted, WorkerFailed
+from distrib.launch.fork import _SIGNALS, unforkable
 from distrib.launch.local import launch
-from distrib.launch.script import die_with_parent
-from distrib.launch.topology import FORWARDED_SIGNALS, Topology, _cores
+from distrib.launch.topology import Topology, _cores
 
 __all__ = ["notebook_launch"]
-
-_SIGNALS = tuple(getattr(signal, name) for name in FORWARDED_SIGNALS.split(","))
-_PROBE_TIMEOUT_S = 5.0
 
 CUDA_INITIALISED = (
     "CUDA is already initialised in this kernel, and forked workers cannot use CUDA after that: "
@@ -65,6 +61,7 @@ OPENMP_STARTED = (
     "threads each would hang in OpenMP: restart the kernel and call torch.set_num_threads(1) "
     "before any torch op in the kernel (the workers still get cores / nproc threads)"
 )
+_REFUSALS = {"cuda": CUDA_INITIALISED, "process group": GROUP_INITIALISED, "openmp": OPENMP_STARTED}
 
 
 def notebook_launch(
@@ -91,7 +88,7 @@ def notebook_launch(
     refuse_unforkable_state(threads)
     saved = _signal_handlers()
     try:
-        return launch(_worker, (threads, fn, *args), topology=topology, start_method="fork")
+        return launch(fn, args, topology=topology, start_method="fork")
     except WorkerFailed as failure:
         raise cell_error(failure) from None
     except Interrupted as interrupted:
@@ -105,64 +102,11 @@ def notebook_launch(
 
 def refuse_unforkable_state(threads: int) -> None:
     """Raise `RuntimeError` with the fix if this process holds state a forked worker cannot use."""
-    import torch
-
-    if torch.cuda.is_initialized():
-        raise RuntimeError(CUDA_INITIALISED)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        raise RuntimeError(GROUP_INITIALISED)
-    if threads > 1 and not openmp_forks_safely(threads):
-        raise RuntimeError(OPENMP_STARTED.format(threads=threads))
-
-
-def openmp_forks_safely(threads: int, timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
-    """Whether a forked child of this process can run a ``threads``-wide OpenMP region.
-
-    GNU OpenMP (torch's, on Linux) cannot tell from inside whether its pool survived a fork, and
-    neither can we; a throwaway fork that runs one parallel op can. Milliseconds when all is
-    well; ``timeout_s`` (then SIGKILL) when the pool is stale.
-    """
-    pid = os.fork()
-    if pid == 0:  # the probe child: never returns
-        code = 1
-        try:
-            import torch
-
-            die_with_parent()
-            torch.set_num_threads(threads)
-            torch.ones(1 << 17).mul_(2)  # over torch's grain size (32768): one OpenMP region
-            code = 0
-        finally:
-            os._exit(code)
-    exited = False
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                exited = True
-                return os.waitstatus_to_exitcode(status) == 0
-            time.sleep(0.005)
-        return False
-    finally:
-        if not exited:  # hung (the answer), or the cell was interrupted: never leave it behind
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-
-
-def _worker(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """A forked worker's entry: start as a spawned worker would, then run ``fn``.
-
-    The agent installed its handlers (they raise in the agent's loop) before forking; a worker
-    gets Python's defaults instead. A forked torch ignores OMP_NUM_THREADS (read at import), so
-    the thread count is set here.
-    """
-    for sig in _SIGNALS:
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-    import torch
-
-    torch.set_num_threads(threads)
-    return fn(*args)
+    why = unforkable(threads)
+    if why == "platform":
+        raise RuntimeError(f"notebook_launch forks its workers: Linux only, not {sys.platform}")
+    if why:
+        raise RuntimeError(_REFUSALS[why].format(threads=threads))
 
 
 def _signal_handlers() -> dict[signal.Signals, Any]:

@@ -24,7 +24,7 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 29400  # torchrun's default rendezvous port
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 """The agent passes these on to the workers; SIGUSR1/2 mean "checkpoint and requeue"."""
-START_METHODS = ("spawn", "fork")
+START_METHODS = ("auto", "spawn", "fork")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,11 +53,21 @@ class Topology:
     """After a worker fails, how long the others get after SIGTERM before SIGKILL."""
     signal_grace_s: float = 30.0
     """After the launcher is signalled, how long workers get to checkpoint before SIGKILL."""
+    start_method: str = "auto"
+    """How a function's workers start: fork (a copy of the launcher: no second import of
+    torch), spawn (a fresh interpreter, as torchrun), or auto: fork where `distrib.launch.fork`
+    finds it safe. A script's workers are always new processes."""
 
     def __post_init__(self) -> None:
         _check(self.nproc_per_node >= 1, "--nproc-per-node", self.nproc_per_node, "an integer >= 1")
         _check(self.nnodes >= 1, "--nnodes", self.nnodes, "an integer >= 1")
         _check(self.max_restarts >= 0, "--max-restarts", self.max_restarts, "an integer >= 0")
+        _check(
+            self.start_method in START_METHODS,
+            "--start-method",
+            self.start_method,
+            " or ".join(START_METHODS),
+        )
         _check(self.rdzv_timeout_s >= 1, "--rdzv-timeout", self.rdzv_timeout_s, "seconds >= 1")
         if self.node_rank is not None:
             _check(
@@ -137,8 +147,8 @@ def launch_config(
     """
     from torch.distributed.launcher.api import LaunchConfig
 
-    if start_method not in START_METHODS:
-        raise ValueError(f"start_method={start_method!r}: expected one of {START_METHODS}")
+    if start_method not in ("spawn", "fork"):  # "auto" is decided by distrib.launch.local
+        raise ValueError(f"start_method={start_method!r}: expected spawn or fork")
 
     common: dict[str, Any] = {
         "nproc_per_node": topology.nproc_per_node,
