@@ -44,6 +44,9 @@ def test_scaling_tiny_reports_every_way_and_every_way_trains_the_same_model(tmp_
             losses[way] = row["first_step_loss"]
         # same init, same samples in the same order: equal up to float summation order
         assert max(losses.values()) - min(losses.values()) < 1e-6, (name, losses)
+        d = workload["derived"]  # one repeat: each ratio's per-repeat range is the ratio itself
+        for ratio in ("distrib_over_raw_ddp_step_time", "distrib_over_torchrun_launch"):
+            assert d[f"{ratio}_range"] == [pytest.approx(d[ratio])] * 2, (ratio, d)
     tta = result["time_to_accuracy"]
     assert set(tta) == {"trainer 1", "distrib 2"}
     for run in tta.values():

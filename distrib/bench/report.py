@@ -57,21 +57,36 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"| workload | scaling eff distrib | scaling eff raw DDP | distrib {n} / raw DDP {n} "
-        "step time | trainer 1 / plain step time | 1st-step loss spread |",
-        "|---|---|---|---|---|---|",
+        f"step time | trainer 1 / plain step time | distrib {n} / torchrun launch to 1st step "
+        "| 1st-step loss spread |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, wl in result["workloads"].items():
         d = wl["derived"]
         cells = [
             _fmt(d["scaling_eff_distrib"], "{:.2f}"),
             _fmt(d["scaling_eff_raw_ddp"], "{:.2f}"),
-            _fmt(d["distrib_over_raw_ddp_step_time"], "{:.2f}"),
-            _fmt(d["trainer1_over_plain_step_time"], "{:.2f}"),
+            _ratio(d, "distrib_over_raw_ddp_step_time"),
+            _ratio(d, "trainer1_over_plain_step_time"),
+            _ratio(d, "distrib_over_torchrun_launch"),
             _fmt(d["first_step_loss_spread"], "{:.1e}"),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(
+        "\nratios: of the medians, then (in brackets) the lowest and highest ratio of two runs "
+        "of one repeat"
+    )
     lines += _tta_lines(result.get("time_to_accuracy"))
     return "\n".join(lines)
+
+
+def _ratio(derived: dict[str, Any], name: str) -> str:
+    """``1.06 [0.93, 1.19]``: the ratio of medians and its per-repeat range."""
+    text = _fmt(derived.get(name), "{:.2f}")
+    span = derived.get(f"{name}_range")
+    if text == "-" or not span or span[0] == span[1]:
+        return text
+    return f"{text} [{span[0]:.2f}, {span[1]:.2f}]"
 
 
 def _tta_lines(tta: dict[str, Any] | None) -> list[str]:
@@ -167,7 +182,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     right.set(
         xlabel="wall seconds since start", ylabel="test accuracy", title="time to accuracy (digits)"
     )
-    right.legend(fontsize=8)
+    if tta:
+        right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -133,7 +133,10 @@ def _efficiency(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> None:
             row["scaling_eff"] = row["samples_per_s"] / (way.workers * base)
 
 
-def derived(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> dict[str, float | None]:
+def derived(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> dict[str, Any]:
+    """The ratios the targets are stated in: of the medians, and ``_range``: the lowest and
+    highest ratio of two runs of one repeat (neighbours in time), how far the machine's noise
+    moves it."""
     n = max(way.workers for way in all_ways)
 
     def ratio(a: str, b: str, key: str) -> float | None:
@@ -141,14 +144,26 @@ def derived(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> dict[str, fl
             return out[a][key] / out[b][key]
         return None
 
+    def spread(a: str, b: str, key: str) -> list[float] | None:
+        pairs = zip(out[a]["runs"], out[b]["runs"], strict=False)
+        ratios = [x[key] / y[key] for x, y in pairs if y[key]]
+        return [min(ratios), max(ratios)] if ratios else None
+
     losses = [r["first_step_loss"] for r in out.values() if "first_step_loss" in r]
-    return {
+    pairs = {
+        "distrib_over_raw_ddp_step_time": (f"distrib {n}", f"raw DDP {n}", "step_ms_median"),
+        "trainer1_over_plain_step_time": ("trainer 1", "plain", "step_ms_median"),
+        "distrib_over_torchrun_launch": (f"distrib {n}", f"raw DDP {n}", "launch_to_first_step_s"),
+    }
+    result: dict[str, Any] = {
         "scaling_eff_distrib": out[f"distrib {n}"].get("scaling_eff"),
         "scaling_eff_raw_ddp": out[f"raw DDP {n}"].get("scaling_eff"),
-        "distrib_over_raw_ddp_step_time": ratio(f"distrib {n}", f"raw DDP {n}", "step_ms_median"),
-        "trainer1_over_plain_step_time": ratio("trainer 1", "plain", "step_ms_median"),
-        "first_step_loss_spread": max(losses) - min(losses) if losses else None,
     }
+    for name, (a, b, key) in pairs.items():
+        result[name] = ratio(a, b, key)
+        result[f"{name}_range"] = spread(a, b, key)
+    result["first_step_loss_spread"] = max(losses) - min(losses) if losses else None
+    return result
 
 
 def bench_tta(n: int, epochs: int, repeats: int, logs: Path, bar: tqdm) -> dict[str, Any]:

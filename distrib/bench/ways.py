@@ -2,7 +2,7 @@
 
 - ``plain``: a hand-written loop in this process (plain.py, no distrib in it);
 - ``trainer 1``: `distrib.loop.fit` in this process, no loggers, no checkpoints;
-- ``distrib N``: the same trainer in N workers started by `distrib.launch.local.launch`;
+- ``distrib N``: the same trainer in N workers of a fresh launcher process (`launched`);
 - ``raw DDP N``, ``fabric N``, ``accelerate N``: raw_ddp.py under ``torchrun --standalone``
   (Fabric and Accelerate only where installed; never dependencies).
 
@@ -37,7 +37,6 @@ from torch import nn
 from distrib.bench import plain
 from distrib.bench import workloads as w
 from distrib.config import build, to_config
-from distrib.launch.local import launch
 from distrib.loop import fit
 
 RAW_DDP = Path(__file__).with_name("raw_ddp.py")
@@ -169,15 +168,30 @@ def trainer_config(spec: w.Workload, *, steps: int, log_every: int) -> dict[str,
 def run_trainer(
     cfg: dict[str, Any], nproc: int, log_path: Path, warmup_steps: int, *, launched: bool
 ) -> Run:
-    """``fit`` in this process ("trainer 1") or in ``nproc`` launched workers ("distrib N";
-    launched even when N is 1, one GPU: then it measures what launching costs)."""
-    start = time.time()
+    """``fit`` in this process ("trainer 1") or in ``nproc`` workers of a launcher process
+    ("distrib N", see `distrib.bench.launched`; launched even when N is 1, one GPU: then it
+    measures what launching costs)."""
     if not launched:
         if nproc != 1:
             raise ValueError(f"nproc={nproc}: only one worker trains in this process")
+        start = time.time()
         return Run(start, [trainer_worker(cfg, str(log_path), warmup_steps)])
-    results = launch(trainer_worker, (cfg, str(log_path), warmup_steps), nproc=nproc)
-    return Run(start, [results[r] for r in sorted(results)])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=log_path.parent) as tmp:
+        request, out = Path(tmp, "request.json"), Path(tmp, "ranks.json")
+        job = {"cfg": cfg, "log_path": str(log_path), "warmup_steps": warmup_steps}
+        request.write_text(json.dumps({**job, "nproc": nproc}))
+        log = log_path.with_name(f"{log_path.name}-launcher.log")
+        cmd = [sys.executable, "-m", "distrib.bench.launched", str(request), str(out)]
+        with open(log, "a") as f:
+            start = time.time()
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+            raise RuntimeError(
+                f"distrib {nproc}: the launcher exited with {proc.returncode}; {log}:\n{tail}"
+            )
+        return Run(start, json.loads(out.read_text()))
 
 
 class _Probe:
