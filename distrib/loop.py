@@ -320,7 +320,9 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         batch = to_device(batch, ctx.device)
         with accumulate(run.model, sync=last_micro):
             with autocast(ctx.device, t.precision):
-                loss = run.task(model=run.model, batch=batch).loss / in_step
+                loss = run.task(model=run.model, batch=batch).loss
+                if in_step > 1:  # a mean over the step's micro-batches; no op for one
+                    loss = loss / in_step
             loss.backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += batch_size(batch)

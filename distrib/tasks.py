@@ -24,6 +24,10 @@ Your own task is any object with those two methods, for example::
 
 ``metrics`` names come out prefixed with ``eval_`` (``eval_loss``), the names ``best_metric``
 refers to. Every task reports ``loss``.
+
+A training step reads ``loss`` only, so the built-in tasks skip their sums when the model is
+in training mode: on a small model each skipped op is a few microseconds of a step that may
+take well under a millisecond.
 """
 
 from __future__ import annotations
@@ -115,6 +119,8 @@ class Classification:
     def __call__(self, *, model: nn.Module, batch: Any) -> TaskOutput:
         x, y = pair(batch, "classification")
         logits = model(x).float()
+        if model.training:
+            return TaskOutput(loss=F.cross_entropy(logits, y))
         losses = F.cross_entropy(logits, y, reduction="none")
         return TaskOutput(
             loss=losses.mean(),
@@ -149,6 +155,8 @@ class Regression:
         if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:
             pred = pred.squeeze(-1)
         sq = (pred - y) ** 2
+        if model.training:
+            return TaskOutput(loss=sq.mean())
         return TaskOutput(loss=sq.mean(), sums={"loss": sq.detach().sum(), "count": sq.numel()})
 
     def metrics(self, sums: Mapping[str, float]) -> dict[str, float]:
@@ -173,6 +181,8 @@ class NextToken:
             )
         logits = model(tokens[:, :-1]).float()
         target = tokens[:, 1:]
+        if model.training:
+            return TaskOutput(loss=F.cross_entropy(logits.flatten(0, 1), target.flatten()))
         losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
         return TaskOutput(
             loss=losses.mean(), sums={"loss": losses.detach().sum(), "count": target.numel()}
@@ -210,6 +220,8 @@ class ModelLoss:
                 message=f"task=model_loss: the model returned a loss of shape {tuple(loss.shape)}; "
                 "it must return a scalar (the batch's mean loss)",
             )
+        if model.training:
+            return TaskOutput(loss=loss)
         n = batch_size(batch)
         return TaskOutput(loss=loss, sums={"loss": loss.detach() * n, "count": n})
 

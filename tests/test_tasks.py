@@ -32,28 +32,46 @@ def test_batches_of_any_nesting_move_to_the_device_and_count_their_samples():
     assert batch_size({"ids": torch.zeros(7, 3), "n": 1}) == 7
 
 
-def test_each_task_reports_exact_sums_and_its_metrics():
+def _cases() -> list[tuple[object, nn.Module, object]]:
     torch.manual_seed(0)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    model = nn.Linear(4, 3)
-    out = Classification()(model=model, batch=(x, y))
-    logits = model(x)
+    return [
+        (Classification(), nn.Linear(4, 3), (x, y)),
+        (Regression(), nn.Linear(4, 1), [x, torch.randn(6)]),  # (6, 1) output vs (6,) target
+        (NextToken(), nn.Embedding(5, 5), (torch.randint(0, 5, (2, 9)),)),
+        (ModelLoss(), _DictModel(), {"image": x, "label": y}),
+    ]
+
+
+def test_each_task_reports_exact_sums_and_its_metrics():
+    (cls, linear, (x, y)), reg_case, lm_case, self_case = _cases()
+    out = cls(model=linear.eval(), batch=(x, y))
+    logits = linear(x)
     torch.testing.assert_close(out.loss, nn.functional.cross_entropy(logits, y))
-    m = Classification().metrics({k: float(v) for k, v in out.sums.items()})
+    m = cls.metrics({k: float(v) for k, v in out.sums.items()})
     assert m["total"] == 6 and m["correct"] == int((logits.argmax(1) == y).sum())
 
-    target = torch.randn(6)
-    reg = Regression()(model=nn.Linear(4, 1), batch=[x, target])  # (6, 1) output vs (6,) target
-    sums = {k: float(v) for k, v in reg.sums.items()}
+    reg, model, batch = reg_case
+    out = reg(model=model.eval(), batch=batch)
+    sums = {k: float(v) for k, v in out.sums.items()}
     assert sums["count"] == 6
-    assert Regression().metrics(sums)["rmse"] == pytest.approx(math.sqrt(float(reg.loss.detach())))
+    assert reg.metrics(sums)["rmse"] == pytest.approx(math.sqrt(float(out.loss.detach())))
 
-    tokens = torch.randint(0, 5, (2, 9))
-    lm = NextToken()(model=nn.Embedding(5, 5), batch=(tokens,))
-    assert lm.sums["count"] == 16  # 2 sequences x 8 predicted positions
+    lm, model, batch = lm_case
+    assert lm(model=model.eval(), batch=batch).sums["count"] == 16  # 2 sequences x 8 positions
 
-    self_loss = ModelLoss()(model=_DictModel(), batch={"image": x, "label": y})
-    assert self_loss.sums["count"] == 6 and float(self_loss.loss) == pytest.approx(2.0)
+    own, model, batch = self_case
+    out = own(model=model.eval(), batch=batch)
+    assert out.sums["count"] == 6 and float(out.loss) == pytest.approx(2.0)
+
+
+def test_a_training_step_gets_the_same_loss_and_no_sums():
+    """The trainer reads only the loss of a training step: its sums would be wasted ops."""
+    for task, model, batch in _cases():
+        train = task(model=model.train(), batch=batch)
+        evaluated = task(model=model.eval(), batch=batch)
+        assert train.sums == {} and evaluated.sums, type(task).__name__
+        torch.testing.assert_close(train.loss, evaluated.loss)
 
 
 class _DictModel(nn.Module):
