@@ -68,3 +68,23 @@ def test_raw_ddp_script_imports_nothing_of_distrib():
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()]
     assert "workloads" in imported
     assert not [m for m in imported if m == "distrib" or m.startswith("distrib.")]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_plain_loop_and_the_trainer_train_alike_in_either_precision(
+    precision: str, tmp_path: Path
+):
+    import dataclasses
+
+    from distrib.bench import ways
+    from distrib.bench import workloads as w
+
+    spec = dataclasses.replace(w.workloads(tiny=True)["compute"], precision=precision)
+    plain = ways.measure(ways._plain(spec, 2, tmp_path, True), spec.global_batch)
+    trainer = ways.measure(
+        ways._trainer(1, launched=False)(spec, 2, tmp_path, True), spec.global_batch
+    )
+    assert plain["first_loss"] == trainer["first_loss"]  # same ops, in the same order
+    fp32 = dataclasses.replace(spec, precision="fp32")
+    reference = ways.measure(ways._plain(fp32, 2, tmp_path, True), spec.global_batch)
+    assert (plain["first_loss"] == reference["first_loss"]) == (precision == "fp32")

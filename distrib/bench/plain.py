@@ -34,5 +34,7 @@ def run(spec: w.Workload, *, steps: int) -> dict[str, Any]:
         pin_memory=device.type == "cuda",
     )
     clock = w.StepClock(device)
-    first_loss = w.train_steps(model, optimizer, batches, device, clock, steps=steps)
+    first_loss = w.train_steps(
+        model, optimizer, batches, device, clock, steps=steps, precision=spec.precision
+    )
     return {"start": start, "first_loss": first_loss, **clock.summary(spec.warmup_steps)}

@@ -91,7 +91,9 @@ def run(spec: w.Workload, *, steps: int, via: str = "torch") -> dict:
         pin_memory=device.type == "cuda",
     )
     clock = w.StepClock(device)
-    first = w.train_steps(model, opt, batches, device, clock, steps=steps, backward=backward)
+    first = w.train_steps(
+        model, opt, batches, device, clock, steps=steps, backward=backward, precision=spec.precision
+    )
     return {"first_loss": first, **clock.summary(spec.warmup_steps)}
 
 

@@ -35,7 +35,8 @@ def markdown(result: dict[str, Any]) -> str:
     c = result["config"]
     n = c["workers"]
     lines = [
-        f"## Scaling: {n} workers vs 1 -- {c['device']}, {c['cores']} cores, torch {c['torch']}",
+        f"## Scaling: {n} workers vs 1 -- {c['device']}, {c['cores']} cores, torch {c['torch']}, "
+        f"{c.get('precision', 'fp32')}",
         f"median of {c['repeats']} interleaved repeats after a warm-up; peak memory per worker "
         "(RSS, or CUDA max allocated)",
         "",

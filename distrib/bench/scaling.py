@@ -61,6 +61,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-tta", action="store_true", help="skip time-to-accuracy")
     p.add_argument("--out", type=Path, default=None, help="default: bench_runs/<timestamp>")
     p.add_argument("--tiny", action="store_true", help="a very small config, for tests")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="every way alike")
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.tiny else 3
@@ -77,9 +78,10 @@ def selected(args: argparse.Namespace) -> list[w.Workload]:
     specs = w.workloads(args.tiny)
     names = args.workload or ["all"]
     chosen = list(specs) if "all" in names else list(dict.fromkeys(names))
+    changes: dict[str, Any] = {"precision": args.precision}
     if args.steps is not None:
-        return [dataclasses.replace(specs[n], steps=args.steps) for n in chosen]
-    return [specs[n] for n in chosen]
+        changes["steps"] = args.steps
+    return [dataclasses.replace(specs[n], **changes) for n in chosen]
 
 
 def bench_workload(
@@ -220,6 +222,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "repeats": args.repeats,
         "tiny": args.tiny,
+        "precision": args.precision,
         "device": torch.cuda.get_device_name(0) if gpu else _cpu_name(),
         "cores": w.cores(),
         "torch": torch.__version__,

@@ -47,8 +47,13 @@ class Workload:
     """Timed optimizer steps."""
     lr: float = 1e-3
     seed: int = 0
+    precision: str = "fp32"
+    """fp32, or bf16: the forward under bf16 autocast in every way (the trainer's
+    ``trainer.precision=bf16``)."""
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"workload {self.name}: precision={self.precision!r}: fp32 or bf16")
         if self.warmup_steps < 1 or self.steps < 1:
             raise ValueError(
                 f"workload {self.name}: warmup_steps={self.warmup_steps} and "
@@ -162,6 +167,7 @@ def train_steps(
     *,
     steps: int,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    precision: str = "fp32",
 ) -> float:
     """The hand-written training loop of the plain and raw ways; returns the first step's loss.
 
@@ -169,7 +175,8 @@ def train_steps(
     first = math.nan
     for i, (x, y) in enumerate(itertools.islice(batches, steps)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         backward(loss)
         optimizer.step()
@@ -178,6 +185,13 @@ def train_steps(
             value = loss.item()
             first = value if i == 0 else first
     return first
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast as the trainer applies it (the forward and loss only), or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class StepClock:
