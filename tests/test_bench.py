@@ -88,3 +88,15 @@ def test_the_plain_loop_and_the_trainer_train_alike_in_either_precision(
     fp32 = dataclasses.replace(spec, precision="fp32")
     reference = ways.measure(ways._plain(fp32, 2, tmp_path, True), spec.global_batch)
     assert (plain["first_loss"] == reference["first_loss"]) == (precision == "fp32")
+
+
+def test_ways_picks_a_subset_and_the_ratios_of_the_missing_ways_are_none(tmp_path: Path):
+    from distrib.bench import scaling
+
+    args = scaling.parse(["--tiny", "--workload", "wide", "--ways", "plain,trainer", "--no-tta"])
+    args.out = tmp_path
+    result = scaling.run(args)["workloads"]["wide"]
+    assert set(result["ways"]) == {"plain", "trainer 1"}
+    derived = result["derived"]
+    assert derived["trainer1_over_plain_step_time"] > 0
+    assert derived["distrib_over_raw_ddp_step_time"] is None

@@ -160,7 +160,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         for family, style in styles.items():
             rows = [r for r in wl["ways"].values() if r["family"] == family]
             if family in ("fabric", "accelerate"):  # N workers only; their 1 is the plain loop
-                rows = [wl["ways"]["plain"], *rows]
+                rows = [r for r in (wl["ways"].get("plain"),) if r] + rows
             points = sorted(
                 (r["workers"], r["samples_per_s"]) for r in rows if "samples_per_s" in r
             )

@@ -54,6 +54,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         choices=[*w.workloads(), "all"],
         help="repeatable; default: all",
     )
+    p.add_argument(
+        "--ways",
+        default="",
+        help="comma-separated name prefixes, e.g. plain,trainer (default: every way)",
+    )
     p.add_argument("--workers", type=int, default=gpus or 2, help="N (default: GPUs, or 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per way (default 3)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (per workload)")
@@ -77,7 +82,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def selected(args: argparse.Namespace) -> list[w.Workload]:
     specs = w.workloads(args.tiny)
     names = args.workload or ["all"]
-    chosen = list(specs) if "all" in names else list(dict.fromkeys(names))
+    gpu = torch.cuda.is_available()
+    default = [n for n in specs if n != "wide" or gpu]  # wide: ~0.2 TFLOP a step, for GPUs
+    chosen = default if "all" in names else list(dict.fromkeys(names))
     changes: dict[str, Any] = {"precision": args.precision}
     if args.steps is not None:
         changes["steps"] = args.steps
@@ -125,7 +132,8 @@ def _efficiency(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> None:
     """throughput(N) / (N x throughput(1)), every way against the SAME single-process
     baseline: the faster of the plain loop and the trainer. A family's own baseline would let
     a slow 1-worker way flatter its N-worker way (and a fast one penalise it)."""
-    singles = [out[n]["samples_per_s"] for n in ("plain", "trainer 1") if "samples_per_s" in out[n]]
+    singles = [out.get(n, {}).get("samples_per_s") for n in ("plain", "trainer 1")]
+    singles = [v for v in singles if v is not None]
     if not singles:
         return
     base = max(singles)
@@ -140,14 +148,16 @@ def derived(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> dict[str, An
     highest ratio of two runs of one repeat (neighbours in time), how far the machine's noise
     moves it."""
     n = max(way.workers for way in all_ways)
+    none: dict[str, Any] = {"runs": []}  # a way not run (``--ways``)
 
     def ratio(a: str, b: str, key: str) -> float | None:
-        if key in out[a] and key in out[b]:
-            return out[a][key] / out[b][key]
+        x, y = out.get(a, none), out.get(b, none)
+        if key in x and key in y:
+            return x[key] / y[key]
         return None
 
     def spread(a: str, b: str, key: str) -> list[float] | None:
-        pairs = zip(out[a]["runs"], out[b]["runs"], strict=False)
+        pairs = zip(out.get(a, none)["runs"], out.get(b, none)["runs"], strict=False)
         ratios = [x[key] / y[key] for x, y in pairs if y[key]]
         return [min(ratios), max(ratios)] if ratios else None
 
@@ -158,8 +168,8 @@ def derived(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> dict[str, An
         "distrib_over_torchrun_launch": (f"distrib {n}", f"raw DDP {n}", "launch_to_first_step_s"),
     }
     result: dict[str, Any] = {
-        "scaling_eff_distrib": out[f"distrib {n}"].get("scaling_eff"),
-        "scaling_eff_raw_ddp": out[f"raw DDP {n}"].get("scaling_eff"),
+        "scaling_eff_distrib": out.get(f"distrib {n}", none).get("scaling_eff"),
+        "scaling_eff_raw_ddp": out.get(f"raw DDP {n}", none).get("scaling_eff"),
     }
     for name, (a, b, key) in pairs.items():
         result[name] = ratio(a, b, key)
@@ -200,6 +210,9 @@ def bench_tta(n: int, epochs: int, repeats: int, logs: Path, bar: tqdm) -> dict[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     specs = selected(args)
     all_ways = ways(args.workers)
+    if args.ways:
+        prefixes = tuple(p.strip() for p in args.ways.split(",") if p.strip())
+        all_ways = [way for way in all_ways if way.name.startswith(prefixes)]
     live = sum(way.runner is not None for way in all_ways)
     tta_runs = 0 if args.no_tta else (2 if args.workers > 1 else 1) * args.repeats
     total = len(specs) * live * (args.repeats + 1) + tta_runs

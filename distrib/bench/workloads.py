@@ -78,11 +78,13 @@ class Workload:
 
 
 def workloads(tiny: bool = False) -> dict[str, Workload]:
-    """The three workloads; ``tiny`` shrinks them until the whole benchmark is a smoke test.
+    """The workloads; ``tiny`` shrinks them until the whole benchmark is a smoke test.
 
     compute: a CNN on 3x32x32 images, compute-bound (0.3M parameters, ~1.5 GFLOP per step).
     comm: an MLP with 42 MB of parameters and little compute per byte: gradient all-reduce
-    bound. launch: a tiny MLP for a few steps, dominated by start-up.
+    bound. launch: a tiny MLP for a few steps, dominated by start-up. wide: the GPU workload
+    of issue 9 (an MLP 512 -> 4096 x 4, batch 512: ~0.2 TFLOP per step), where a host that
+    waits for the device shows; chosen by name, or by ``all`` on a GPU.
     """
     side, hidden, batch = (8, 256, 16) if tiny else (32, 2048, 64)
     warm, steps = (1, 3) if tiny else (3, 20)
@@ -110,6 +112,14 @@ def workloads(tiny: bool = False) -> dict[str, Workload]:
             global_batch=batch,
             warmup_steps=1,
             steps=2 if tiny else 5,
+        ),
+        "wide": Workload(
+            name="wide",
+            model={"kind": "mlp", "in_shape": [512], "hidden": 64 if tiny else 4096, "depth": 4},
+            input_shape=(512,),
+            global_batch=batch if tiny else 512,
+            warmup_steps=warm if tiny else 10,
+            steps=steps if tiny else 200,
         ),
     }
 
