@@ -239,7 +239,9 @@ def _train(
     t = run.cfg.trainer
     result: dict[str, Any] | None = None
     while run.state.epoch < t.epochs and not _done(run.state, t.max_steps):
-        if train_epoch(run, train_dl, flag):
+        preempted = train_epoch(run, train_dl, flag)
+        run.optimizer.zero_grad(set_to_none=True)  # their memory to evaluation and saving
+        if preempted:
             run.save()
             run.ckpt.close()
             if flag.interrupted:  # Ctrl-C: one line, and the same command resumes
@@ -323,6 +325,11 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 loss = run.task(model=run.model, batch=batch).loss
                 if in_step > 1:  # a mean over the step's micro-batches; no op for one
                     loss = loss / in_step
+            if i == first:
+                # The last step's gradients are dropped here, not right after its update: on the
+                # CPU, memory freed at a step's end goes back to the OS and is faulted in again
+                # by the next backward (a 42 MB MLP stepped 11% slower); here it is reused.
+                run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += batch_size(batch)
@@ -338,7 +345,6 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             run.optimizer.step()
             if run.scheduler is not None:
                 run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.consumed += step_samples * ctx.world_size
         end = i == n_micro - 1 or _done(state, t.max_steps)

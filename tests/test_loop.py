@@ -280,3 +280,34 @@ def test_a_resumed_scheduler_continues_where_it_stopped(tmp_path):
     assert lrs[50] == 0.05 * 0.5 ** (50 // 7)
     for k, w in straight["state_dict"].items():
         assert torch.equal(resumed["state_dict"][k], w), k
+
+
+class GradientsSeen(torch.nn.Module):
+    """distrib's MLP noting, at each forward, whether any parameter holds a gradient."""
+
+    seen: list[tuple[bool, bool]] = []  # (training?, gradients held?)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        from distrib.models import MLP
+
+        self.mlp = MLP(**kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        held = any(p.grad is not None for p in self.parameters())
+        GradientsSeen.seen.append((self.training, held))
+        return self.mlp(x)
+
+
+def test_gradients_live_from_a_backward_to_the_next_and_never_through_evaluation():
+    values = small_run(epochs=2, grad_accum=2)
+    values["model"]["_target_"] = f"{__name__}.GradientsSeen"
+    GradientsSeen.seen.clear()
+    fit(to_config(values), None)
+    train = [held for training, held in GradientsSeen.seen if training]
+    # every training forward but an epoch's first sees gradients: a step's first forward the
+    # last step's (dropped just before its backward: on the CPU that memory is reused, not
+    # returned to the OS and faulted in again), its second micro-batch its own...
+    assert [i for i, held in enumerate(train) if not held] == [0, len(train) // 2], train
+    # ...and an evaluation sees none: that memory is evaluation's
+    assert not [held for training, held in GradientsSeen.seen if not training and held]
