@@ -99,3 +99,11 @@ def test_fork_and_spawn_train_the_same_run_bit_for_bit(tmp_path: Path):
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses[method] = [(r["step"], r.get("loss"), r.get("eval_loss")) for r in rows]
     assert len(losses["fork"]) >= 3 and losses["fork"] == losses["spawn"]
+
+
+def test_a_workers_thread_count_reads_omp_num_threads_as_openmp_does():
+    from distrib.launch.fork import threads_of
+
+    assert [threads_of(v, 3) for v in ("8", "8,2", " 4 ", None, "", "0", "many")] == [
+        8, 8, 4, 3, 3, 3, 3,
+    ]  # fmt: skip

@@ -39,7 +39,14 @@ _AUTO_TIMEOUT_S = 1.0
 """A healthy probe takes ~20 ms; where a slow one is cut short, spawning is safe anyway."""
 
 
-def unforkable(threads: int) -> str | None:
+def threads_of(omp_num_threads: str | None, default: int) -> int:
+    """A worker's thread count from ``OMP_NUM_THREADS`` ("8", or OpenMP's nested "8,2"),
+    ``default`` where it is unset or unreadable."""
+    head = (omp_num_threads or "").split(",")[0].strip()
+    return int(head) if head.isdigit() and int(head) > 0 else default
+
+
+def unforkable(threads: int, probe_timeout_s: float = _AUTO_TIMEOUT_S) -> str | None:
     """What in this process a forked worker using ``threads`` threads could not use, or None:
     "platform", "cuda", "process group" or "openmp"."""
     if sys.platform != "linux":
@@ -50,7 +57,7 @@ def unforkable(threads: int) -> str | None:
         return "cuda"
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return "process group"
-    if threads > 1 and not openmp_forks_safely(threads, _AUTO_TIMEOUT_S):
+    if threads > 1 and not openmp_forks_safely(threads, probe_timeout_s):
         return "openmp"  # one thread each never enters an OpenMP region: no probe needed
     return None
 
@@ -110,11 +117,11 @@ def forked(fn: Callable[..., Any], *args: Any) -> Any:
     atexit._clear()  # the launcher's hooks are the launcher's
     for sig in _SIGNALS:
         signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
+    threads = threads_of(os.environ.get("OMP_NUM_THREADS"), 0)
+    if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     try:
         return fn(*args)
     finally:

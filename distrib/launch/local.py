@@ -41,7 +41,7 @@ def launch(
     env = worker_env(topo)
     method = start_method or topo.start_method
     if method == "auto":
-        threads = int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or 1)
+        threads = fork.threads_of(env.get("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS")), 1)
         method = fork.start_method(fn, threads)
     if method == "fork":
         fn, args = fork.forked, (fn, *args)

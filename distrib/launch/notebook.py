@@ -33,6 +33,7 @@ what a kernel needs on top:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distrib.launch.agent import Interrupted, WorkerFailed
-from distrib.launch.fork import _SIGNALS, unforkable
+from distrib.launch.fork import _SIGNALS, threads_of, unforkable
 from distrib.launch.local import launch
 from distrib.launch.topology import Topology, _cores
 
@@ -84,7 +85,8 @@ def notebook_launch(
         failure_grace_s=failure_grace_s,
         signal_grace_s=signal_grace_s,
     )
-    threads = max(1, _cores() // nproc)  # what distrib.init gives each worker
+    # what each worker gets: OMP_NUM_THREADS where the kernel has it, else cores / nproc
+    threads = threads_of(os.environ.get("OMP_NUM_THREADS"), max(1, _cores() // nproc))
     refuse_unforkable_state(threads)
     saved = _signal_handlers()
     try:
@@ -102,7 +104,7 @@ def notebook_launch(
 
 def refuse_unforkable_state(threads: int) -> None:
     """Raise `RuntimeError` with the fix if this process holds state a forked worker cannot use."""
-    why = unforkable(threads)
+    why = unforkable(threads, probe_timeout_s=5.0)  # a refusal is final: give the probe time
     if why == "platform":
         raise RuntimeError(f"notebook_launch forks its workers: Linux only, not {sys.platform}")
     if why:
