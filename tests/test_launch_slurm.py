@@ -215,17 +215,21 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_bit_identical(tmp_path: P
 @cluster
 @pytest.mark.slurm
 def test_a_job_longer_than_its_time_limit_requeues_itself_until_done(tmp_path: Path, slurm_env):
-    # 1 minute per allocation; SLURM signals 45 s before the end (its timer ticks every ~30 s)
+    # sbatch: "the signal may be sent up to 60 seconds earlier than specified". A task still
+    # importing torch when it comes dies of it (submitit, like us, installs its handlers after
+    # unpickling the job), so the signal must come after start-up: 3 minutes per allocation,
+    # USR2 60 s before the end, i.e. 60-120 s in; ~150 s of training needs at least one requeue.
+    # (1 minute and 45 s once signalled 15 s in, under make test's load, and the tasks died.)
     res = submit(
-        tmp_path, slurm_env, *TRAIN, "+data.train.delay=0.03", "trainer.epochs=6",
-        "launcher.nproc=2", "launcher.signal_delay_s=45", time_min=1, timeout=600,
+        tmp_path, slurm_env, *TRAIN, "+data.train.delay=0.03", "trainer.epochs=18",
+        "launcher.nproc=2", "launcher.signal_delay_s=60", time_min=3, timeout=900,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     err = (tmp_path / "run" / "slurm").rglob("*_0_log.err")
     text = "".join(p.read_text() for p in err)
     assert text.count("accepted") >= 1, text[-3000:]
     steps = _train_steps(tmp_path / "run")
-    assert steps == sorted(set(steps)) and steps[-1] == 96
+    assert steps == sorted(set(steps)) and steps[-1] == 288
 
 
 SWEEP = [
