@@ -47,9 +47,11 @@ def run(steps):
     values["data"]["train"]["size"] = 16 * 400 * 5 // 4
     return values
 
-assert torch.cuda.is_available() or __import__("os").environ.get("DRY_RUN")
+assert torch.cuda.is_available() or __import__("os").environ.get("DRY_RUN"), "no CUDA GPU"
+# fit picks the GPU itself (device=auto); each call counts afresh (its own wrappers)
 short, long = _count_blocking_calls(run(100)), _count_blocking_calls(run(300))
-print(f"cuda, 1 worker: {(long - short) / 200:.3f} blocking calls per step")
+where = "cuda" if torch.cuda.is_available() else "cpu (dry run)"
+print(f"{where}, 1 worker: {(long - short) / 200:.3f} blocking calls per step")
 PY
 
 for precision in fp32 bf16; do
@@ -59,5 +61,5 @@ for precision in fp32 bf16; do
 done
 
 echo "== distrib 1 vs raw DDP 1 (launched), fp32"
-timeout 150 python3 -m distrib.bench scaling --workload wide --ways distrib,raw --repeats 2 \
+timeout 150 python3 -m distrib.bench scaling --workload wide --ways distrib,raw --workers 1 --repeats 2 \
     --no-tta --out "$OUT/launched" ${DRY_RUN:+--tiny} 2>/dev/null | grep "^| wide\|^| workload"

@@ -20,10 +20,12 @@ what a kernel needs on top:
   anything starts: an initialised CUDA (a forked child cannot use it), a process group, and an
   OpenMP thread pool torch already started (GNU OpenMP keeps the pool but not its threads: a
   forked worker's first multi-threaded op waits forever).
-- Each worker starts as a spawned one would: the signal handlers of a fresh interpreter (not the
-  agent's, which it installs before forking) and cores / nproc threads. It leaves through
-  ``os._exit`` (multiprocessing's fork), so the kernel's zmq sockets and atexit hooks are never
-  touched; its prints reach the cell through ipykernel's fork-aware stdout.
+- Each worker starts and ends as a spawned one would (`distrib.launch.fork.forked`): the signal
+  handlers of a fresh interpreter (not the agent's, which it installs before forking),
+  OMP_NUM_THREADS threads (cores / nproc unless the kernel's environment sets it), and at its
+  end its own atexit hooks and open files flushed. It leaves through ``os._exit``
+  (multiprocessing's fork), so the kernel's zmq sockets and atexit hooks are never touched; its
+  prints reach the cell through ipykernel's fork-aware stdout.
 - Interrupting the cell (the kernel's SIGINT) stops every worker -- the signal, then SIGKILL
   after ``signal_grace_s`` -- before `KeyboardInterrupt` is raised in the cell. torch's agent
   leaves its own signal handlers installed; the kernel's are put back.
