@@ -156,6 +156,34 @@ def test_wandb_offline_history_and_resume(wandb_offline):
     assert {p.name for p in _wandb_files(run_dir)} == {f"run-{run_id}.wandb"}
 
 
+def _child_commands() -> list[str]:
+    """The executables of this process's live children (from /proc)."""
+    import os
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if proc.name.isdigit() and ppid == os.getpid():
+                found.append((proc / "cmdline").read_bytes().split(b"\0")[0].decode())
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_wandb_close_returns_only_after_wandb_has_written_the_run(wandb_offline):
+    # Seen in CI: right after close() the run's .wandb file held only its 7-byte header.
+    # run.finish() returns when wandb's service process has received the run's end, not when
+    # it has written it; close() must wait for that process to flush and exit.
+    [logger] = _make(["wandb"], wandb_offline, config={"lr": 0.1})
+    assert any("wandb-core" in c for c in _child_commands())  # what close() has to wait for
+    logger.log(ROWS[0], 10)
+    logger.close()
+    assert not any("wandb-core" in c for c in _child_commands())
+    [path] = _wandb_files(wandb_offline)
+    assert [h["loss"] for h in read_history(path)] == [2.5]
+
+
 def test_wandb_never_writes_the_api_key(wandb_offline, monkeypatch):
     sentinel = "SENTINEL-" + "0123456789abcdef" * 2
     monkeypatch.setenv("WANDB_API_KEY", sentinel)  # WANDB_MODE=offline still wins
