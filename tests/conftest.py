@@ -1,11 +1,20 @@
-"""Every test starts from the same environment and leaves no process group behind."""
+"""Every test starts from the same environment and leaves no process group, and no process
+it started, behind."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+import helpers
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left():
+    """Whatever a test started through `helpers.start` (or `run_cli`) dies with the test."""
+    yield
+    helpers.kill_started()
 
 
 @pytest.fixture(autouse=True)

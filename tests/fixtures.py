@@ -72,12 +72,14 @@ class Recorded(torch.utils.data.Dataset):
 
 class SleepyMLP(nn.Module):
     """An MLP whose forward sleeps ``sleep_s`` on rank ``rank`` at call ``at_call``: a rank
-    stuck in user code while its peer waits in the gradient all_reduce. Records pids."""
+    stuck in user code while its peer waits in the gradient all_reduce. Records pids, and
+    ``rank<k>.sleeping`` in ``pid_dir`` when the sleep begins (what tests wait for)."""
 
     def __init__(self, pid_dir: str, rank: int = 1, at_call: int = 3, sleep_s: float = 120.0):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
         self.rank, self.at_call, self.sleep_s, self.calls = rank, at_call, sleep_s, 0
+        self.pid_dir = pid_dir
         me = int(os.environ.get("RANK", "0"))
         with open(os.path.join(pid_dir, f"rank{me}.pid"), "w") as f:
             f.write(str(os.getpid()))
@@ -85,6 +87,7 @@ class SleepyMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.training and self.calls == self.at_call and int(os.environ["RANK"]) == self.rank:
+            open(os.path.join(self.pid_dir, f"rank{self.rank}.sleeping"), "w").close()
             time.sleep(self.sleep_s)
         return self.net(x)
 

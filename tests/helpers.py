@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,54 @@ def spawn(
         return results
 
 
+_started: list[subprocess.Popen] = []
+
+
+def start(argv: list[str], **popen_kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` in a session of its own, killed with everything it started (its
+    workers share its process group) when the test ends, passed or failed (`kill_started`,
+    an autouse fixture): a failing test never leaves a job running into the next one."""
+    popen_kwargs.setdefault("start_new_session", True)
+    proc = subprocess.Popen(argv, **popen_kwargs)
+    _started.append(proc)
+    return proc
+
+
+def kill_started() -> None:
+    """SIGKILL the process group of every process `start` started (a no-op for ended ones)."""
+    while _started:
+        proc = _started.pop()
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float) -> bool:
+    """Whether every process in ``pids`` has ended (or is a zombie) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def run_cli(
     *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a command with this venv's Python first on PATH and ``tests/`` importable."""
+    """Run a command with this venv's Python first on PATH and ``tests/`` importable.
+
+    On ``timeout`` its whole process group is killed (``subprocess.run`` would kill the
+    command alone and leave its workers) and ``TimeoutExpired`` carries what it printed.
+    """
     full_env = {
         **os.environ,
         "PYTHONPATH": str(ROOT / "tests"),
@@ -120,15 +165,22 @@ def run_cli(
         **(env or {}),
     }
     full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
-    return subprocess.run(
+    proc = start(
         list(args),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=full_env,
         cwd=cwd or ROOT,
         stdin=subprocess.DEVNULL,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_started()
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(list(args), timeout, out, err) from None
+    return subprocess.CompletedProcess(list(args), proc.returncode, out, err)
 
 
 def train_cli(

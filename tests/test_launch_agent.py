@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_cli, start, wait_gone
 
 PY = sys.executable
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -27,9 +27,7 @@ def launch(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedP
 
 
 def assert_gone(pids: list[int]) -> None:
-    for pid in pids:
-        status = Path(f"/proc/{pid}/status")
-        assert not status.exists() or "zombie" in status.read_text(), f"worker {pid} left behind"
+    assert wait_gone(pids, timeout=10), f"workers {pids} left behind"
 
 
 def pids_in(d: Path) -> list[int]:
@@ -40,7 +38,7 @@ def start_idle_job(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """Two workers of a script that waits to be signalled, once both have started."""
     out = tmp_path / "run"
     out.mkdir()
-    proc = subprocess.Popen(
+    proc = start(
         [PY, "-m", "distrib.launch", "--nproc", "2", str(SCRIPTS / "fail.py"), "--out", str(out),
          "--how", "none"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -73,7 +71,8 @@ def test_the_failed_rank_is_named_not_the_peer_that_lost_it(
     assert last.startswith(f"distrib: error: {expected}"), res.stderr[-2000:]
     if how == "raise":  # the worker's own traceback, once, before the error line
         assert res.stderr.count('raise ValueError(f"bad shard on rank {rank}")') == 1
-    assert time.monotonic() - start < 30
+    # in seconds, not after the peer waits out its collective timeout (30 min by default)
+    assert time.monotonic() - start < 60
     assert len(pids_in(tmp_path)) == 2
     assert_gone(pids_in(tmp_path))
 
@@ -189,7 +188,7 @@ def test_without_restarts_a_killed_worker_ends_the_job_in_seconds_naming_it(tmp_
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     _, err = proc.communicate(timeout=60)
-    assert time.monotonic() - killed < 10
+    assert time.monotonic() - killed < 30  # the agent notices at once, not at a timeout
     assert proc.returncode == 1
     assert (
         err.strip()

@@ -230,5 +230,5 @@ def test_an_unreachable_endpoint_is_one_line_within_the_rendezvous_timeout(tmp_p
     assert lines[-1].startswith(f"distrib: error: rendezvous at {hosts.addrs[1]}:{PORT}"), (
         res.stderr
     )
-    assert took < 10 + 40, took  # the 10 s rendezvous timeout plus a loaded start-up, not 300 s
+    assert took < 10 + 80, took  # the 10 s rendezvous timeout plus a loaded start-up, not 300 s
     assert not list(tmp_path.glob("env-*.json"))  # no worker ran

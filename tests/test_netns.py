@@ -113,7 +113,7 @@ def test_run_timeout_kills_children_in_their_own_session(tmp_path: Path) -> None
         start = time.monotonic()
         with pytest.raises(subprocess.TimeoutExpired):
             hosts.run(0, [sys.executable, "-c", ESCAPER, str(pid_file)], timeout=2)
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < 30  # at the 2 s timeout, not the child's 600 s
         grandchild = int(pid_file.read_text())
         deadline = time.monotonic() + 5
         while _alive(grandchild) and time.monotonic() < deadline:

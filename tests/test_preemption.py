@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, spawn
+from helpers import ROOT, spawn, start
 
 import distrib
 from distrib import preemption
@@ -100,7 +100,7 @@ def _ctrl_c_run(
         *overrides,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(
+    proc = start(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
@@ -109,7 +109,13 @@ def _ctrl_c_run(
     while not (log.exists() and "training on" in log.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    time.sleep(1.5)
+    metrics = run_dir / "metrics.jsonl"
+    if log_every == 1:  # a step has been logged: a polled fact, not a guess at the step time
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+    else:
+        time.sleep(1.5)
     return proc, run_dir
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, train_cli
+from helpers import ROOT, start, train_cli
 
 PY = sys.executable
 STEPS_PER_EPOCH = 16  # 512 training samples of fixtures.Recorded / global batch 32
@@ -143,7 +143,7 @@ def test_sigterm_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path):
         "WANDB_MODE": "disabled",
         "PATH": f"{Path(PY).parent}:/usr/bin:/bin",
     }
-    proc = subprocess.Popen(
+    proc = start(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     metrics = run_dir / "metrics.jsonl"
