@@ -61,6 +61,16 @@ def squeue(*args: str) -> list[str]:
     return [ln for ln in out.stdout.splitlines() if ln.strip()]
 
 
+def cancel_all(timeout: float = 60) -> None:
+    """Cancel every job of the cluster and wait until none is left: a test that failed half
+    way must not leave a job holding a node (or its rendezvous) for the next test."""
+    if "SLURM_CONF" not in os.environ or not squeue():
+        return
+    subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, timeout=30)
+    if not wait_until(lambda: not squeue(), timeout=timeout, every=0.5):
+        raise RuntimeError(f"jobs still queued {timeout:g} s after scancel: {squeue()}")
+
+
 def wait_until(predicate, timeout: float, every: float = 1.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import slurm_cluster
 import torch
-from helpers import ROOT, run_cli, train_cli
+from helpers import ROOT, run_cli, start, train_cli
 from helpers import SMALL_RUN as TRAIN
 
 from distrib.launch.slurm import SlurmOptions, sbatch_script
@@ -73,6 +73,13 @@ cluster = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 @pytest.fixture(scope="module")
 def slurm_env() -> dict[str, str]:
     return slurm_cluster.start()
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left():
+    """Every job a test submitted is gone when it ends, passed or failed."""
+    yield
+    slurm_cluster.cancel_all()
 
 
 def submit(
@@ -181,7 +188,7 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_bit_identical(tmp_path: P
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "offline", **slurm_env}
     env["PATH"] = f"{Path(PY).parent}:{env['PATH']}"
-    low = subprocess.Popen(
+    low = start(
         [PY, "-m", "distrib.train", *SLOW, "launcher=slurm", "launcher.wait=true",
          "launcher.nproc=2", "launcher.partition=low", "launcher.time_min=5",
          "+launcher.sbatch.nodelist=n2", "logger=[jsonl,wandb]", f"hydra.run.dir={run}"],
@@ -214,6 +221,7 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_bit_identical(tmp_path: P
 
 @cluster
 @pytest.mark.slurm
+@pytest.mark.timeout(1200)  # waits up to 900 s for the job itself
 def test_a_job_longer_than_its_time_limit_requeues_itself_until_done(tmp_path: Path, slurm_env):
     # sbatch: "the signal may be sent up to 60 seconds earlier than specified". A task still
     # importing torch when it comes dies of it (submitit, like us, installs its handlers after
@@ -238,14 +246,13 @@ SWEEP = [
 ]  # fmt: skip
 
 
-def _overlap(a: str, b: str) -> bool:
-    """Whether jobs ``a`` and ``b`` ran at the same time (sacct's start and end)."""
+def _spans(*jobs: str) -> dict[str, tuple[str, str]]:
+    """sacct's (start, end) of each job id (an array's tasks appear as ``<array>_<index>``)."""
     out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "Start,End", "-j", f"{a},{b}"],
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(jobs)],
         capture_output=True, text=True, timeout=30,
     ).stdout.split()  # fmt: skip
-    (s1, e1), (s2, e2) = (line.split("|") for line in out[:2])
-    return s1 < e2 and s2 < e1
+    return {job: (start, end) for job, start, end in (line.split("|") for line in out)}
 
 
 def _finals(sweep: Path) -> list[tuple[str, dict]]:
@@ -268,7 +275,7 @@ def test_a_sweep_through_hydras_submitit_launcher_runs_each_point_as_a_ddp_job(
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled", **slurm_env}
     env["PATH"] = f"{Path(PY).parent}:{env['PATH']}"
     before = {ln.split()[0] for ln in slurm_cluster.squeue("-o", "%F")}
-    sweep = subprocess.Popen(
+    sweep = start(
         [PY, "-m", "distrib.train", *SWEEP, "hydra/launcher=submitit_slurm",
          "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5",
          "+hydra.launcher.additional_parameters.nodelist=n1", "hydra.launcher.array_parallelism=1",
@@ -282,11 +289,12 @@ def test_a_sweep_through_hydras_submitit_launcher_runs_each_point_as_a_ddp_job(
                          or arrays - before),
             timeout=60, every=0.2,
         ), "the sweep's job array never showed up"  # fmt: skip
-        array = int(min(arrays - before))
-        # The next job gets an id array + k (k = 1 or 2: SLURM numbers array tasks as they
-        # start), which the old port rule (20000 + id % 10000, array tasks adding their index)
-        # also gave array task k. The tasks run one at a time, so task k starts while that
-        # job still trains on n1: under the old rule they met on one port.
+        array = min(arrays - before, key=int)
+        # A job submitted while the array runs, on the same node: under the old port rule
+        # (20000 + id % 10000, array tasks adding their index) a task and a job whose ids
+        # line up met on one port. No id arithmetic here (SLURM numbers array tasks as they
+        # start, and any job submitted meanwhile takes an id): the property is that every
+        # array task and the job end right while at least one task ran beside the job.
         (tmp_path / "next").mkdir()
         nxt = submit(tmp_path / "next", slurm_env, *SLOW, "trainer.epochs=6",
                      "launcher.nproc=2", "+launcher.sbatch.nodelist=n1")  # fmt: skip
@@ -294,9 +302,11 @@ def test_a_sweep_through_hydras_submitit_launcher_runs_each_point_as_a_ddp_job(
     finally:
         sweep.kill()
     assert nxt.returncode == 0, nxt.stdout[-2000:] + nxt.stderr[-3000:]
-    k = int(job_id(nxt.stdout)) - array
-    assert k in (1, 2), f"job {job_id(nxt.stdout)} after array {array}"
-    assert _overlap(f"{array}_{k}", str(array + k)), f"array task {k} and the next job never met"
+    spans = _spans(array, job_id(nxt.stdout))
+    (s2, e2), tasks = spans.pop(job_id(nxt.stdout)), sorted(spans)
+    assert tasks == [f"{array}_{i}" for i in range(3)], spans
+    beside = [t for t in tasks if spans[t][0] < e2 and s2 < spans[t][1]]
+    assert beside, f"no task of array {array} ran beside job {job_id(nxt.stdout)}: {spans}"
     assert sweep.returncode == 0, out[-2000:] + err[-3000:]
     jobs = sorted(p.name for p in (tmp_path / "slurm").iterdir() if p.is_dir() and p.name.isdigit())
     assert jobs == ["0", "1", "2"]  # one directory per point, none per rank
