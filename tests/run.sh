@@ -27,10 +27,12 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # beside it, the tests that mostly wait out a timeout or a sleep (-m waits): little CPU either
-"$PY" -m pytest -q -m "slurm or waits" --basetemp="$TMP/slurm" -p no:cacheprovider "$@" \
+# --durations: the slowest tests and their times, so the 15-minute budget stays visible
+"$PY" -m pytest -q -m "slurm or waits" --basetemp="$TMP/slurm" -p no:cacheprovider \
+    --durations=10 "$@" \
     >"$TMP/slurm.log" 2>&1 &
 slurm_pid=$!
-"$PY" -m pytest -q -m "not slurm and not waits" --basetemp="$TMP/main" "$@"
+"$PY" -m pytest -q -m "not slurm and not waits" --basetemp="$TMP/main" --durations=25 "$@"
 main_status=$?
 wait "$slurm_pid" || slurm_status=$?
 echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster) and the waiting tests"
