@@ -30,6 +30,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check distrib tests launchers examples
 	$(BIN)/ruff format --check distrib tests launchers examples
+	$(BIN)/lint-imports --no-cache
 
 bench: venv
 	$(BIN)/python -m distrib.bench

@@ -22,18 +22,19 @@ For the batteries-included trainer: ``python -m distrib.train launcher.nproc=2``
 from collections.abc import Callable
 from typing import Any
 
-from distrib import process_group
-from distrib.collectives import barrier, reduce_sum
 from distrib.data import eval_loader, loader
+from distrib.distributed import process_group
+from distrib.distributed.collectives import barrier, reduce_sum
+from distrib.distributed.process_group import Context, current, init, session, shutdown
 from distrib.env import WorkerEnv, read_env
 from distrib.errors import ConfigError
-from distrib.process_group import Context, current, init, session, shutdown
+from distrib.parallel.ddp import DDPConfig, accumulate, clip_grad, unwrap, wrap
+from distrib.parallel.precision import autocast
 from distrib.rng import seed_all
-from distrib.wrap import DDPConfig, accumulate, autocast, clip_grad, unwrap, wrap
-
-__version__ = "0.1.0"
+from distrib.version import __version__
 
 __all__ = [
+    "__version__",
     "ConfigError",
     "Context",
     "DDPConfig",

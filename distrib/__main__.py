@@ -1,4 +1,4 @@
-"""``python -m distrib env|export ...``: the tools around training (the trainer itself is
+"""``python -m distrib env|export|sweep ...``: the tools around training (the trainer itself is
 ``python -m distrib.train``, the launcher ``python -m distrib.launch``).
 
 Each command owns its options and is imported only once picked, so one command never pays for
@@ -12,8 +12,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "env": ("distrib.doctor", "Python, torch, CUDA, backends, launch environment; --check N"),
-    "export": ("distrib.export", "a checkpoint's model as TorchScript or torch.export"),
+    "env": ("distrib.cli.env", "Python, torch, CUDA, backends, launch environment; --check N"),
+    "export": ("distrib.cli.export", "a checkpoint's model as TorchScript or torch.export"),
+    "sweep": ("distrib.cli.sweep", "a sweep directory's table again: overrides -> final metrics"),
 }
 
 

@@ -9,7 +9,8 @@ tests) to a frozen `WorkerEnv`. Sources, in order:
    ``SLURM_NODEID``, ``SLURM_TASKS_PER_NODE``; the master is the first host of
    ``SLURM_JOB_NODELIST`` (compressed forms such as ``node[01-04,7]`` are expanded by submitit's
    parser); ``MASTER_PORT`` when the job script sets one, else 0: not agreed yet, which
-   `distrib.slurm.join` settles (rank 0 binds a free port and publishes it to the others).
+   `distrib.distributed.slurm.join` settles (rank 0 binds a free port and publishes it to the
+   others).
 3. Otherwise a lone process: rank 0 of 1.
 """
 

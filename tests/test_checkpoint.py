@@ -319,7 +319,7 @@ def test_an_explicit_resume_file_that_would_run_code_is_refused_without_torchs_a
     tmp_path: Path,
 ) -> None:
     # Seen before: the error repeated torch's advice to re-run with weights_only=False.
-    from distrib.train import preflight
+    from distrib.cli.train import preflight
 
     marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
     evil = tmp_path / "evil.pt"

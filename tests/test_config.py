@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 import distrib
+from distrib.cli.train import compose, preflight
 from distrib.config import Config, check_targets, run_id, to_config
-from distrib.train import compose, preflight
 
 
 def test_defaults_compose_into_the_schema():
@@ -113,7 +113,7 @@ def test_run_id_is_shared_by_the_workers_of_one_job():
         "RANK": "3",
         "TORCHELASTIC_RUN_ID": "slurm-7",
     }
-    assert run_id(joined) == "slurm-7"  # after distrib.slurm.join, still the job's directory
+    assert run_id(joined) == "slurm-7"  # after slurm.join: still the job's directory
     assert (
         run_id(
             {

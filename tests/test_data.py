@@ -107,8 +107,8 @@ def _both_loaders(world: int, rank: int):  # type: ignore[no-untyped-def]
     from torch.utils.data import default_collate
 
     from distrib.data import TensorBatches, loader
+    from distrib.distributed.process_group import Context
     from distrib.env import WorkerEnv
-    from distrib.process_group import Context
 
     ctx = Context(
         env=WorkerEnv(rank=rank, world_size=world), device=torch.device("cpu"), backend="gloo"
@@ -136,8 +136,8 @@ def test_tensor_batches_are_the_dataloaders_batches_in_every_epoch_and_after_a_r
 
 def test_eval_tensor_batches_cover_each_sample_once():
     from distrib.data import TensorBatches, eval_loader
+    from distrib.distributed.process_group import Context
     from distrib.env import WorkerEnv
-    from distrib.process_group import Context
 
     data = TensorDataset(torch.arange(101))
     seen = []

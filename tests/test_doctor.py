@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import run_cli, spawn
 
-from distrib import doctor
-from distrib.doctor import SIZES, gpu_shortfall, launch_environment
+from distrib.cli import env as doctor
+from distrib.cli.env import SIZES, gpu_shortfall, launch_environment
 
 PY = sys.executable
 
@@ -60,7 +60,7 @@ def test_a_bad_command_or_worker_count_is_one_line_exit_2():
     assert res.returncode == 2 and res.stderr.strip().startswith("distrib: error: --check 0")
     res = run_cli(PY, "-m", "distrib", "nope")
     assert res.returncode == 2 and res.stderr.strip() == (
-        "distrib: error: argument COMMAND: invalid choice: 'nope' (choose from 'env', 'export')"
+        "distrib: error: argument COMMAND: invalid choice: 'nope' (choose from 'env', 'export', 'sweep')"
     )
 
 

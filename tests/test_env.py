@@ -61,7 +61,7 @@ def test_slurm_variables_and_compressed_nodelist():
         2,
     )
     assert env.master_addr == "gpu07"
-    assert env.master_port == 0  # not derived from the job id: distrib.slurm.join settles it
+    assert env.master_port == 0  # not from the job id: distributed.slurm.join settles it
     assert env.source == "slurm"
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from helpers import run_cli
 
+from distrib.cli.export import main
 from distrib.config import build, to_config
-from distrib.export import main
-from distrib.loop import fit
+from distrib.trainer.loop import fit
 
 PY = sys.executable
 
@@ -73,7 +73,7 @@ def test_an_exported_model_loads_without_distrib_and_gives_the_same_outputs(
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the reference, rebuilt here without distrib.export: a bug there cannot cancel out
+    # the reference, rebuilt here without distrib.cli.export: a bug there cannot cancel out
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = build(state["config"]["model"])
     model.load_state_dict(state["model"])

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from distrib.launch.__main__ import main as launch_main
+from distrib.cli.launch import main as launch_main
 from distrib.launch.local import LOOPBACK, Topology, WorkerFailed, launch
 
 

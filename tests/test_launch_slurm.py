@@ -256,7 +256,7 @@ def _spans(*jobs: str) -> dict[str, tuple[str, str]]:
 
 
 def _finals(sweep: Path) -> list[tuple[str, dict]]:
-    from distrib.sweep import summarize
+    from distrib.cli.sweep import summarize
 
     return [
         (r["overrides"].split()[0], {k: v for k, v in r.items() if k.startswith("eval_")})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from distrib.train import preflight
+from distrib.cli.train import preflight
 
 FAST = ["trainer.epochs=1", "trainer.max_steps=3", "trainer.log_every=100"]
 VENV = Path(sys.executable).parent.parent

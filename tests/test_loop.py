@@ -9,7 +9,7 @@ import torch
 from helpers import spawn
 
 from distrib.config import to_config
-from distrib.loop import fit
+from distrib.trainer.loop import fit
 
 
 def small_run(**trainer: object) -> dict:

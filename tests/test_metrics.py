@@ -12,7 +12,7 @@ import torch.distributed as dist
 from helpers import spawn
 
 import distrib
-from distrib.metrics import (
+from distrib.trainer.metrics import (
     Metrics,
     StepTimer,
     peak_memory_mb,

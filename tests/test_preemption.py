@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT, spawn, start
 
 import distrib
-from distrib import preemption
+from distrib.trainer import preemption
 
 PY = sys.executable
 

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from helpers import spawn
 
 import distrib
-from distrib.process_group import pick_backend, pick_device, threads_per_worker
+from distrib.distributed.process_group import pick_backend, pick_device, threads_per_worker
 
 
 def test_lone_process_creates_no_group():

@@ -10,7 +10,7 @@ from helpers import spawn
 from test_loop import small_run
 
 from distrib.config import to_config
-from distrib.loop import fit
+from distrib.trainer.loop import fit
 
 
 def _fit_or_error(values: dict, run_dir: str) -> dict:
@@ -70,10 +70,10 @@ def test_a_checkpoint_of_another_model_shape_names_the_file_and_the_first_mismat
     # Seen before: a multi-line load_state_dict traceback that does not name the checkpoint.
     import torch
 
+    from distrib.distributed.process_group import current
     from distrib.errors import ConfigError
     from distrib.models import MLP
-    from distrib.process_group import current
-    from distrib.train_state import TrainState, capture, restore
+    from distrib.trainer.state import TrainState, capture, restore
 
     small, wide = MLP(16, 32), MLP(16, 64)
     opt = torch.optim.SGD(small.parameters(), lr=0.1)

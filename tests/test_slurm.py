@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import spawn
 
-from distrib import slurm
+from distrib.distributed import slurm
 from distrib.env import read_env
 
 
@@ -112,6 +112,7 @@ def test_join_leaves_a_job_script_that_chose_its_port_alone(tmp_path: Path):
 
 
 def test_the_requeue_exit_code_is_the_trainers():
-    from distrib import preemption
+    from distrib.cli import slurm_tasks
+    from distrib.trainer import preemption
 
-    assert slurm.REQUEUE_EXIT_CODE == preemption.REQUEUE_EXIT_CODE == 75
+    assert slurm_tasks.REQUEUE_EXIT_CODE == preemption.REQUEUE_EXIT_CODE == 75

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
+from distrib.cli.sweep import NO_METRICS, summarize, write_summary
 from distrib.loggers.jsonl import read_jsonl
-from distrib.sweep import NO_METRICS, summarize, write_summary
 
 TRAIN_ROW = {"step": 10, "epoch": 0, "loss": 2.5, "lr": 0.1}
 
@@ -125,3 +125,17 @@ def test_a_multirun_sweep_ends_with_a_summary_of_each_points_final_metrics(tmp_p
         assert row["step"] == last_eval[-1]["step"] == 6
         assert {k: v for k, v in row.items() if k.startswith("eval_")} == expected
     assert rows[0]["eval_loss"] != rows[1]["eval_loss"]  # different lr, different model
+
+
+def test_the_table_again_from_the_command_and_its_old_name(sweep: Path):
+    # `python -m distrib sweep DIR` is the command; `python -m distrib.sweep DIR` (distrib 0.1's
+    # name, in scripts) and the hydra callback `distrib.sweep.SweepSummary` keep working
+    new = run_cli(sys.executable, "-m", "distrib", "sweep", str(sweep))
+    old = run_cli(sys.executable, "-m", "distrib.sweep", str(sweep))
+    assert new.returncode == old.returncode == 0, new.stderr + old.stderr
+    assert new.stdout == old.stdout == write_summary(sweep)
+    from distrib.sweep import SweepSummary
+
+    assert SweepSummary.__module__ == "distrib.cli.sweep"
+    bad = run_cli(sys.executable, "-m", "distrib", "sweep", str(sweep / "nope"))
+    assert bad.returncode == 2 and bad.stderr.strip() == "usage: python -m distrib sweep SWEEP_DIR"

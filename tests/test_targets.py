@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from distrib.cli.train import preflight
 from distrib.errors import ConfigError
-from distrib.train import preflight
 
 
 @pytest.mark.parametrize(

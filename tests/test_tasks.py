@@ -15,8 +15,8 @@ from torch import nn
 
 from distrib.config import to_config
 from distrib.errors import ConfigError
-from distrib.loop import fit
 from distrib.tasks import Classification, ModelLoss, NextToken, Regression, batch_size, to_device
+from distrib.trainer.loop import fit
 
 Pair = namedtuple("Pair", "x y")
 

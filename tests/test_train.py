@@ -123,7 +123,7 @@ def test_a_bad_resume_file_is_one_line_before_starting(tmp_path: Path):
 
     import distrib
     from distrib.checkpoint import Checkpointer
-    from distrib.train import preflight
+    from distrib.cli.train import preflight
 
     ckpt = Checkpointer(tmp_path / "checkpoints")
     ckpt.save({"model": {"w": torch.ones(1000)}}, step=1, epoch=0)
@@ -254,7 +254,7 @@ def test_more_workers_than_gpus_is_one_line_before_starting(monkeypatch: pytest.
     import torch
 
     import distrib
-    from distrib.train import preflight
+    from distrib.cli.train import preflight
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -273,7 +273,7 @@ def test_nccl_without_cuda_is_one_line_before_starting(monkeypatch: pytest.Monke
     import torch
 
     import distrib
-    from distrib.train import preflight
+    from distrib.cli.train import preflight
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(distrib.ConfigError, match=r"^trainer.backend='nccl': expected gloo"):

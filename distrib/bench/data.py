@@ -18,9 +18,9 @@ from torch.utils.data import default_collate
 
 from distrib.data import loader
 from distrib.datasets import synthetic
+from distrib.distributed.process_group import Context
 from distrib.env import WorkerEnv
 from distrib.models import MLP
-from distrib.process_group import Context
 
 
 def _samples_per_s(dl: object, steps: int, device: torch.device, train: bool = True) -> float:

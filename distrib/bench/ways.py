@@ -1,7 +1,7 @@
 """The ways of running one workload, each returning what its ranks measured.
 
 - ``plain``: a hand-written loop in this process (plain.py, no distrib in it);
-- ``trainer 1``: `distrib.loop.fit` in this process, no loggers, no checkpoints;
+- ``trainer 1``: `distrib.trainer.loop.fit` in this process, no loggers, no checkpoints;
 - ``distrib N``: the same trainer in N workers of a fresh launcher process (`launched`);
 - ``raw DDP N``, ``fabric N``, ``accelerate N``: raw_ddp.py under ``torchrun --standalone``
   (Fabric and Accelerate only where installed; never dependencies).
@@ -37,7 +37,7 @@ from torch import nn
 from distrib.bench import plain
 from distrib.bench import workloads as w
 from distrib.config import build, to_config
-from distrib.loop import fit
+from distrib.trainer.loop import fit
 
 RAW_DDP = Path(__file__).with_name("raw_ddp.py")
 

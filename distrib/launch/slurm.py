@@ -2,8 +2,8 @@
 
 The submitting side only: it writes the sbatch script (submitit's), submits, says where the
 logs and run directory are, and with ``wait`` follows the job through requeues to its end. What
-each task runs (`distrib.slurm.train_task` / `script_task`) meets the other tasks itself, so
-nothing here picks a port or touches torch.
+each task runs (`distrib.cli.slurm_tasks.train_task` / `script_task`) meets the other tasks
+itself, so nothing here picks a port or touches torch.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Where metric rows go: the console, a JSON-lines file, Weights & Biases -- rank 0 only.
 
 Every logger is a `MetricLogger`: ``log(metrics, step)`` and ``close()``. `make_loggers` builds
-the ones a config names; the training loop feeds each the row `distrib.metrics.report` returned
-(the same on every rank, so only rank 0 needs to write it)::
+the ones a config names; the training loop feeds each the row that
+`distrib.trainer.metrics.report` returned (the same on every rank, so only rank 0 needs to write
+it)::
 
     loggers = make_loggers(["console", "jsonl"], run_dir=run_dir, config=cfg_dict,
                            is_main=ctx.is_main, total_steps=total, group=None)

@@ -22,29 +22,34 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distrib import preemption
 from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import eval_loader, loader
-from distrib.evaluation import describe, evaluate
-from distrib.guards import (
+from distrib.distributed.process_group import Context, session
+from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
+from distrib.loggers.rank_logs import setup_logging
+from distrib.parallel.ddp import accumulate, clip_grad, unwrap, wrap
+from distrib.parallel.precision import autocast
+from distrib.rng import seed_all
+from distrib.tasks import Task, batch_size, to_device
+from distrib.trainer import preemption
+from distrib.trainer.evaluation import describe, evaluate
+from distrib.trainer.guards import (
     NonFiniteLoss,
     build_named,
     check_steps,
     grads_finite,
     same_length_everywhere,
 )
-from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
-from distrib.logs import setup_logging
-from distrib.metrics import Metrics, StepTimer, record_step, report
-from distrib.process_group import Context, session
-from distrib.resume_policy import apply_hyperparameters, check_compatible, hyperparameter_changes
-from distrib.rng import seed_all
-from distrib.tasks import Task, batch_size, to_device
-from distrib.train_state import TrainState, capture, restore
-from distrib.wrap import accumulate, autocast, clip_grad, unwrap, wrap
+from distrib.trainer.metrics import Metrics, StepTimer, record_step, report
+from distrib.trainer.resume_policy import (
+    apply_hyperparameters,
+    check_compatible,
+    hyperparameter_changes,
+)
+from distrib.trainer.state import TrainState, capture, restore
 
-log = logging.getLogger("distrib.loop")
+log = logging.getLogger("distrib.trainer.loop")
 
 STOP_CHECK_EVERY = 10
 """A preemption signal stops training within min(log_every, 10) optimizer steps: the vote

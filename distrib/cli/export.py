@@ -57,7 +57,7 @@ def load(path: Path) -> tuple[Any, dict[str, Any]]:
     config = state.get("config")
     if not isinstance(config, dict) or "model" not in config or "model" not in state:
         raise ExportError(f"{path}: not a distrib checkpoint (no model config and weights)", 2)
-    from distrib.guards import BuildFailed, build_named
+    from distrib.trainer.guards import BuildFailed, build_named
 
     try:
         model = build_named("model", config["model"])
@@ -74,7 +74,7 @@ def example_input(config: dict[str, Any], shape: tuple[int, ...] | None) -> Any:
 
     if shape is not None:
         return torch.zeros(shape)
-    from distrib.guards import BuildFailed, build_named
+    from distrib.trainer.guards import BuildFailed, build_named
 
     hint = "give --example-input-shape, e.g. 1,1,8,8"
     node = (config.get("data") or {}).get("eval")

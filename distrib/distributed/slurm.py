@@ -11,17 +11,15 @@ before joining, so a stale file or a reused port is retried, never joined.
 `join` then exports the environment torchrun would give a worker (``RANK`` ... ``MASTER_PORT``,
 with ``TORCHELASTIC_USE_AGENT_STORE`` so torch's own ``init_process_group`` connects to rank 0's
 store instead of binding another), which makes any torchrun-style program run unchanged.
-`train_task` and `script_task` are what ``launcher=slurm`` submits for each SLURM task.
+What ``launcher=slurm`` submits for each task (meet, then train or run a script) is
+`distrib.cli.slurm_tasks`: it sits above the trainer, this module below the process group.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, MutableMapping
 from datetime import timedelta
@@ -32,7 +30,6 @@ from distrib.env import is_slurm_step, read_env
 
 log = logging.getLogger(__name__)
 
-REQUEUE_EXIT_CODE = 75  # = distrib.preemption.REQUEUE_EXIT_CODE, without importing torch here
 _TAG = "distrib/job"
 _kept: list[Any] = []  # rank 0's store: the job's rendezvous lives as long as this process
 
@@ -142,64 +139,3 @@ def _meet(path: Path, key: str, rank: int, world: int, timeout_s: float) -> Any:
         f"rank {rank}: no rendezvous with rank 0 of job {key} within {timeout_s:g} s "
         f"through {path}: {seen}"
     )
-
-
-def requeue_or_exit(code: int) -> None:
-    """After every rank saved and stopped with 75: rank 0 asks SLURM to requeue the job, and
-    the task exits without returning (submitit must not record a result for an unfinished
-    job). A job SLURM is already requeueing (preemption) refuses the second request; fine."""
-    if os.environ.get("SLURM_PROCID") == "0":
-        job = os.environ.get("SLURM_ARRAY_JOB_ID") and (
-            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-        )
-        job = job or os.environ.get("SLURM_JOB_ID", "")
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(
-                ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
-            )
-            print(
-                f"distrib: requeue of job {job}: "
-                + ("accepted" if done.returncode == 0 else done.stderr.strip()),
-                file=sys.stderr,
-                flush=True,
-            )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def train_task(values: dict, run_dir: str, group: str | None = None) -> dict[str, Any]:
-    """One SLURM task of a ``launcher=slurm`` training job: meet, train, requeue when stopped."""
-    from distrib.config import to_config
-    from distrib.loop import fit
-
-    cfg = to_config(values)
-    join(Path(run_dir) / ".distrib", timeout_s=cfg.trainer.timeout_s)
-    try:
-        return fit(cfg, Path(run_dir), group=group)
-    except SystemExit as e:
-        if e.code == REQUEUE_EXIT_CODE:
-            requeue_or_exit(REQUEUE_EXIT_CODE)
-        raise
-
-
-def script_task(target: str, args: list[str], module: bool, run_dir: str) -> int:
-    """One SLURM task running a user's torchrun-style script (or ``-m`` module)."""
-    import runpy
-
-    join(Path(run_dir) / ".distrib")
-    sys.argv = [target, *args]
-    code = 0
-    try:
-        if module:
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            sys.path.insert(0, str(Path(target).resolve().parent))
-            runpy.run_path(target, run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    if code == REQUEUE_EXIT_CODE:
-        requeue_or_exit(code)
-    if code:
-        raise RuntimeError(f"{target} exited with status {code}")
-    return code

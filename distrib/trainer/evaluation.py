@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distrib.process_group import Context
+from distrib.distributed.process_group import Context
 from distrib.tasks import Task, to_device
 
 

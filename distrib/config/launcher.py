@@ -81,7 +81,7 @@ class LauncherConfig:
         method = self.start_method
         check(method in START_METHODS, "launcher.start_method", method, "auto, fork or spawn")
         # Endpoint, node rank and the rest are checked where they become a launch topology
-        # (`distrib.train.topology`): the worker side never imports the launch side.
+        # (`distrib.cli.train.topology`): the worker side never imports the launch side.
 
     @property
     def in_place(self) -> bool:

@@ -202,9 +202,14 @@ def _probe_optimizer(node: dict) -> None:
     import torch
 
     try:
-        from distrib.config import build
-
         factory = build(node)
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as e:
         raise ConfigError("optim", message=f"optim ({node['_target_']}): {e}") from None
+
+
+def build(node: Any, *args: Any) -> Any:
+    """``hydra.utils.instantiate`` on a plain dict or DictConfig node, extra positional args."""
+    from hydra.utils import instantiate
+
+    return instantiate(node, *args, _convert_="all")

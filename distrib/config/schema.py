@@ -1,27 +1,25 @@
-"""The config schema (dataclasses), its registration with hydra, and building from ``_target_``.
+"""The config schema: the run's dataclasses (``trainer.*``, ``trainer.checkpoint.*``, the top).
 
 YAML under ``conf/`` only supplies values; the types and the ranges live here. Each field has a
 docstring; range checks run in ``__post_init__`` and raise `ConfigError` naming the key, so a bad
-value stops the run with one line before any process or port is started (see `preflight`).
-This is the only worker-side module that imports hydra.
+value stops the run with one line before any process or port is started (see
+`distrib.cli.train.preflight`). Each component's own knobs sit beside it (``trainer.ddp.*`` in
+`distrib.parallel.ddp`, ``launcher.*`` in `distrib.config.launcher`) and are composed here.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf import MISSING
 
-from distrib.errors import ConfigError, check
-from distrib.launcher_config import LauncherConfig
+from distrib.config.launcher import LauncherConfig
+from distrib.errors import check
 from distrib.loggers import LOGGERS
-from distrib.wrap import PRECISIONS, DDPConfig
+from distrib.parallel.ddp import DDPConfig
+from distrib.parallel.precision import PRECISIONS
 
 
 @dataclass(kw_only=True)
@@ -181,102 +179,3 @@ class Config:
     def __post_init__(self) -> None:
         for name in self.logger:
             check(name in LOGGERS, "logger", name, "a list of " + ", ".join(LOGGERS))
-
-
-def run_id(environ: typing.Mapping[str, str] | None = None, *, rdzv_id: str | None = None) -> str:
-    """The run directory's name, equal on every worker of one job without them talking.
-
-    ``DISTRIB_RUN_ID`` wins (set it to rerun a job into its directory and resume, whatever
-    launched it); then the launcher's ``rdzv_id`` (multi-node jobs: equal on every node);
-    torchrun workers share ``TORCHELASTIC_RUN_ID`` (``--rdzv-id``; ``--standalone`` makes a
-    random one, so pass ``DISTRIB_RUN_ID`` or ``hydra.run.dir`` to resume), SLURM tasks their
-    job id (stable across requeues); a lone process takes the time.
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("DISTRIB_RUN_ID"):
-        return environ["DISTRIB_RUN_ID"]
-    if rdzv_id and rdzv_id not in ("None", "null"):
-        return rdzv_id
-    rdzv = environ.get("TORCHELASTIC_RUN_ID", "none")
-    if rdzv.startswith("slurm-"):  # a SLURM task after `distrib.slurm.join`: the job's name
-        return rdzv
-    if "RANK" in environ and rdzv not in ("", "none"):
-        return f"torchrun-{rdzv}"
-    if "SLURM_JOB_ID" in environ and "SLURM_PROCID" in environ:
-        array = environ.get("SLURM_ARRAY_JOB_ID")
-        if array:
-            return f"slurm-{array}_{environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-        return f"slurm-{environ['SLURM_JOB_ID']}"
-    return _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-
-
-def register() -> None:
-    """Register the schema and resolvers with hydra; the CLI calls this before composing."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="distrib_schema", node=Config)
-    OmegaConf.register_new_resolver(
-        "distrib_run_id", lambda rdzv_id=None: run_id(rdzv_id=rdzv_id), replace=True
-    )
-
-
-def to_config(cfg: DictConfig | dict) -> Config:
-    """Composed values -> a validated `Config`; any problem becomes one `ConfigError`."""
-    try:
-        if not isinstance(cfg, DictConfig) or OmegaConf.get_type(cfg) is not Config:
-            cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        if isinstance(e.__cause__, ConfigError):
-            raise e.__cause__ from None
-        raise describe(e) from None
-    assert isinstance(obj, Config)
-    return obj
-
-
-def describe(e: BaseException) -> ConfigError:
-    """Turn a hydra/OmegaConf error into one line that names the key and what is allowed."""
-    cause: BaseException = e
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
-    if isinstance(cause, ConfigError):
-        return cause
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None) or "config"
-        first = str(getattr(cause, "msg", cause)).splitlines()[0]
-        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            obj = getattr(cause, "object_type", None)
-            known = (
-                ", ".join(f.name for f in fields(obj))
-                if hasattr(obj, "__dataclass_fields__")
-                else ""
-            )
-            parent = getattr(cause, "parent_node", None)
-            if not known and isinstance(parent, DictConfig) and "_target_" in parent:
-                from distrib.targets import unknown_argument
-
-                node = OmegaConf.to_container(parent, resolve=False)
-                said = unknown_argument(key.rpartition(".")[0], node, key.rpartition(".")[2])
-                if said:
-                    return ConfigError(key, message=said)
-            hint = f"; known keys: {known}" if known else f"; to add a new key use +{key}=..."
-            return ConfigError(key, message=f"{key}: unknown key{hint}")
-        return ConfigError(key, message=f"{key}: {first}")
-    text = str(e).split("\nConfig search path", 1)[0]  # hydra appends its whole search path
-    return ConfigError("config", message=" ".join(text.replace("\t", " ").split()))
-
-
-def build(node: Any, *args: Any) -> Any:
-    """``hydra.utils.instantiate`` on a plain dict or DictConfig node, extra positional args."""
-    from hydra.utils import instantiate
-
-    return instantiate(node, *args, _convert_="all")
-
-
-def check_targets(cfg: Config) -> None:
-    """See `distrib.targets.check_targets` (kept here: the schema's callers import it)."""
-    from distrib.targets import check_targets as check
-
-    check(cfg)

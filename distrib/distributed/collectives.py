@@ -31,7 +31,7 @@ def reduce_sum(values: torch.Tensor) -> torch.Tensor:
 def _collective_device() -> torch.device:
     """Where this group's backend reduces: this worker's GPU for nccl, else the CPU."""
     if dist.get_backend() == "nccl":
-        from distrib.process_group import current
+        from distrib.distributed.process_group import current
 
         ctx = current()
         if ctx.device.type == "cuda":

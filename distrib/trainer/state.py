@@ -16,11 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distrib.distributed.process_group import Context
 from distrib.errors import ConfigError
-from distrib.process_group import Context
+from distrib.parallel.ddp import unwrap
 from distrib.rng import get_rng_state, seed_all, set_rng_state
 from distrib.secrets import redact
-from distrib.wrap import unwrap
+from distrib.version import __version__
 
 FORMAT_VERSION = 1
 
@@ -134,6 +135,4 @@ def restore(
 
 
 def _version() -> str:
-    from distrib import __version__
-
     return __version__

@@ -30,7 +30,7 @@ from typing import NamedTuple, TypeVar
 import torch
 import torch.distributed as dist
 
-from distrib.process_group import Context, current
+from distrib.distributed.process_group import Context, current
 
 T = TypeVar("T")
 

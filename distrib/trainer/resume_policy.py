@@ -18,7 +18,7 @@ from typing import Any
 from distrib.errors import ConfigError
 from distrib.secrets import is_secret_key
 
-log = logging.getLogger("distrib.loop")
+log = logging.getLogger("distrib.trainer.loop")
 
 
 def check_compatible(

@@ -5,13 +5,13 @@ limit / on preemption) and torchrun (which forwards SIGTERM to its workers) give
 period before SIGKILL.
 The intended use in a training loop::
 
-    flag = distrib.preemption.install()          # main thread, once, before training
+    flag = distrib.trainer.preemption.install()          # main thread, once, before training
     for step in ...:
         ...optimizer.step()...
-        if distrib.preemption.should_stop(flag, ctx):   # every rank, after every step
+        if distrib.trainer.preemption.should_stop(flag, ctx):   # every rank, after every step
             ckpt.save(state, step=step, epoch=epoch)
             ckpt.close()                                 # the write must finish before exit
-            sys.exit(distrib.preemption.REQUEUE_EXIT_CODE)
+            sys.exit(distrib.trainer.preemption.REQUEUE_EXIT_CODE)
 
 The handler only sets a flag: no I/O, no locks, nothing that can deadlock when the signal lands
 in the middle of a collective or a ``torch.save``. `should_stop` then makes the decision
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distrib.process_group import Context
+from distrib.distributed.process_group import Context
 
 REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL from sysexits.h: "temporary failure, try again" -- the exit a requeue wrapper
@@ -102,7 +102,7 @@ def install(signals: Iterable[int] = DEFAULT_SIGNALS) -> PreemptionFlag:
     Must run in the main thread (a Python rule for ``signal.signal``). Use as a context manager
     to restore the previous handlers on exit::
 
-        with distrib.preemption.install() as flag:
+        with distrib.trainer.preemption.install() as flag:
             train(..., flag=flag)
     """
     flag = PreemptionFlag()

@@ -68,7 +68,7 @@ def build_named(key: str, node: dict) -> Any:
     """`build`, with a failure naming the config key and the arguments it was called with --
     the path a dataset could not open is usually one of them, even when its error omits it."""
     try:
-        from distrib.config import build
+        from distrib.config.targets import build
 
         return build(node)
     except Exception as e:

@@ -1,4 +1,4 @@
-"""Model wrapping: DDP with the knobs users need, accumulation, autocast, clipping.
+"""Data parallel: DDP with the knobs users need, accumulation without a reduce, clipping.
 
 `wrap` applies, in this fixed order: move to the worker's device, convert BatchNorm to
 SyncBatchNorm (optional; before DDP so DDP sees the synced modules), wrap in DDP. A world of one
@@ -15,10 +15,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from distrib.distributed.process_group import Context, current
 from distrib.errors import check
-from distrib.process_group import Context, current
-
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(kw_only=True)
@@ -92,14 +90,6 @@ def accumulate(model: nn.Module, *, sync: bool) -> Iterator[None]:
             yield
     else:
         yield
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the worker's device, or a no-op for fp32."""
-    check(precision in PRECISIONS, "trainer.precision", precision, " or ".join(PRECISIONS))
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def clip_grad(model: nn.Module, max_norm: float) -> torch.Tensor | None:

@@ -161,7 +161,7 @@ def init(
     env = read_env(environ)
     store = None
     if env.source == "slurm" and env.is_distributed and env.master_port == 0:
-        from distrib.slurm import join  # no port chosen by the job script: agree on one
+        from distrib.distributed.slurm import join  # no port chosen by the job script: agree on one
 
         environ = os.environ if environ is None else dict(environ)
         store = join(timeout_s=timeout_s, environ=environ)
