@@ -28,8 +28,10 @@ from distrib.distributed.collectives import barrier, reduce_sum
 from distrib.distributed.process_group import Context, current, init, session, shutdown
 from distrib.env import WorkerEnv, read_env
 from distrib.errors import ConfigError
-from distrib.parallel.ddp import DDPConfig, accumulate, clip_grad, unwrap, wrap
+from distrib.parallel.ddp import DDPConfig
+from distrib.parallel.fsdp import FSDPConfig
 from distrib.parallel.precision import autocast
+from distrib.parallel.strategy import accumulate, clip_grad, unwrap, wrap
 from distrib.rng import seed_all
 from distrib.version import __version__
 
@@ -38,6 +40,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "DDPConfig",
+    "FSDPConfig",
     "WorkerEnv",
     "accumulate",
     "autocast",

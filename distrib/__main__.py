@@ -1,5 +1,5 @@
-"""``python -m distrib env|export|sweep ...``: the tools around training (the trainer itself is
-``python -m distrib.train``, the launcher ``python -m distrib.launch``).
+"""``python -m distrib env|export|convert|sweep ...``: the tools around training (the trainer
+itself is ``python -m distrib.train``, the launcher ``python -m distrib.launch``).
 
 Each command owns its options and is imported only once picked, so one command never pays for
 the other's imports (torch itself comes with ``import distrib``).
@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "env": ("distrib.cli.env", "Python, torch, CUDA, backends, launch environment; --check N"),
     "export": ("distrib.cli.export", "a checkpoint's model as TorchScript or torch.export"),
+    "convert": ("distrib.cli.convert", "a checkpoint (either kind) as one plain weights file"),
     "sweep": ("distrib.cli.sweep", "a sweep directory's table again: overrides -> final metrics"),
 }
 

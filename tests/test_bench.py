@@ -100,3 +100,37 @@ def test_ways_picks_a_subset_and_the_ratios_of_the_missing_ways_are_none(tmp_pat
     derived = result["derived"]
     assert derived["trainer1_over_plain_step_time"] > 0
     assert derived["distrib_over_raw_ddp_step_time"] is None
+
+
+@pytest.mark.slow
+def test_memory_fsdp_holds_half_of_what_ddp_holds_per_rank_at_two_workers(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "distrib.bench", "memory", "--hidden", "128", "--depth", "2",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {
+        (r["strategy"], r["workers"]): r for r in json.loads((tmp_path / "memory.json").read_text())
+    }
+    assert set(rows) == {("ddp", 1), ("ddp", 2), ("fsdp", 1), ("fsdp", 2)}
+
+    def held(r: dict) -> int:
+        return r["params_bytes"] + r["grads_bytes"] + r["optim_bytes"]
+
+    assert held(rows[("ddp", 2)]) == held(rows[("ddp", 1)]) == held(rows[("fsdp", 1)])
+    assert held(rows[("fsdp", 2)]) / held(rows[("ddp", 2)]) <= 0.6  # the bound
+    two_moments = 2 * rows[("ddp", 1)]["params_bytes"]  # AdamW, plus a step count per tensor
+    assert two_moments <= rows[("ddp", 1)]["optim_bytes"] <= two_moments + 1024
+    assert "fsdp / ddp at 2 workers = " in proc.stdout
+
+
+@pytest.mark.slow
+def test_checkpoint_bench_with_fsdp_reports_sync_and_async(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "distrib.bench", "checkpoint", "--strategy", "fsdp", "--mb", "4",
+         "--repeats", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "fsdp on 2 workers" in proc.stdout and "async blocked / sync     = " in proc.stdout

@@ -60,7 +60,8 @@ def test_a_bad_command_or_worker_count_is_one_line_exit_2():
     assert res.returncode == 2 and res.stderr.strip().startswith("distrib: error: --check 0")
     res = run_cli(PY, "-m", "distrib", "nope")
     assert res.returncode == 2 and res.stderr.strip() == (
-        "distrib: error: argument COMMAND: invalid choice: 'nope' (choose from 'env', 'export', 'sweep')"
+        "distrib: error: argument COMMAND: invalid choice: 'nope' "
+        "(choose from 'env', 'export', 'convert', 'sweep')"
     )
 
 

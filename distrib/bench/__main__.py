@@ -1,16 +1,17 @@
-"""``python -m distrib.bench [checkpoint|data|scaling] [options]``: run one benchmark (default: all,
-each with its short default; ``make bench``)."""
+"""``python -m distrib.bench [checkpoint|data|memory|scaling] [options]``: run one benchmark
+(default: all, each with its short default; ``make bench``)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-from distrib.bench import checkpoint, data, scaling
+from distrib.bench import checkpoint, data, memory, scaling
 
 BENCHMARKS: dict[str, Callable[[list[str]], int | None]] = {
     "checkpoint": checkpoint.main,
     "data": data.main,
+    "memory": memory.main,
     "scaling": scaling.main,
 }
 

@@ -18,6 +18,11 @@ every rank can read (`latest_good`, `load`) for a resume. Example::
 With ``async_save=True``, `save` blocks only while it copies the state to CPU memory; a writer
 thread serialises, fsyncs and updates the manifest while training goes on. One write is in
 flight at most: the next `save` (or `wait`) waits for it and re-raises its error.
+
+A sharded model (FSDP) passes ``sharded=`` its DCP state to `save`, on EVERY rank: each rank
+writes its own shards (`distrib.checkpoint.sharded`), rank 0 commits the directory and keeps
+the manifest; everything above (verification, ``latest``, retention, the lineage) is the same
+for both kinds, and a ``.pt`` and a ``.dcp`` checkpoint can follow each other in one run.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 import torch
 
-from distrib.checkpoint import files
+from distrib.checkpoint import files, sharded
 from distrib.checkpoint.files import CheckpointError
 from distrib.errors import ConfigError
 
@@ -55,6 +60,7 @@ class Checkpointer:
         best_mode: str = "max",
         async_save: bool = False,
         enabled: bool = True,
+        keep: bool = True,
     ) -> None:
         if keep_last < 1:
             raise ConfigError("trainer.checkpoint.keep_last", keep_last, "an integer >= 1")
@@ -65,11 +71,14 @@ class Checkpointer:
         self.best_metric = best_metric
         self.best_mode = best_mode
         self.async_save = async_save
-        self.enabled = enabled
+        self.enabled = enabled and keep
+        self.keep = keep
+        """False: the run keeps no checkpoints; every save is a no-op on every rank."""
         self.head: str | None = None
         """The checkpoint this run continues from: the last one saved, or resumed from."""
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._async_group: Any = None  # sharded async saves: a process group of their own
         if enabled:
             self.directory.mkdir(parents=True, exist_ok=True)
         if enabled and async_save:
@@ -85,22 +94,21 @@ class Checkpointer:
         step: int,
         epoch: int,
         metrics: dict[str, float] | None = None,
+        sharded: dict[str, Any] | None = None,
     ) -> None:
         """Write ``state`` as ``step-<step>.pt``; a no-op unless this checkpointer is enabled.
 
         ``state`` must load with ``weights_only=True``: tensors, python scalars, strings and
-        dicts/lists/tuples of them (what ``state_dict()`` methods return).
+        dicts/lists/tuples of them (what ``state_dict()`` methods return). With ``sharded``
+        (DCP state: ``{"model": ..., "optim": ...}`` of a sharded model) every rank must call
+        this: the checkpoint is the directory ``step-<step>.dcp``, ``state`` its extra.pt.
         """
+        if sharded is not None and self.keep:
+            self._save_sharded(state, sharded, step=step, epoch=epoch, metrics=metrics)
+            return
         if not self.enabled:
             return
-        meta = {
-            "step": int(step),
-            "epoch": int(epoch),
-            "parent": self.head,  # the lineage: what this run continued from
-            "metrics": {  # NaN/Inf: null, neither best nor invalid JSON
-                k: float(v) if math.isfinite(float(v)) else None for k, v in (metrics or {}).items()
-            },
-        }
+        meta = self._meta(step, epoch, metrics)
         self.head = files.checkpoint_name(step)
         if self._executor is None:
             self._write(state, meta)
@@ -108,6 +116,69 @@ class Checkpointer:
         self.wait()
         snapshot = _copy_to_cpu(state)  # training may modify the originals in place from now on
         self._pending = self._executor.submit(self._write, snapshot, meta)
+
+    def _meta(self, step: int, epoch: int, metrics: dict[str, float] | None) -> dict[str, Any]:
+        return {
+            "step": int(step),
+            "epoch": int(epoch),
+            "parent": self.head,  # the lineage: what this run continued from
+            "metrics": {  # NaN/Inf: null, neither best nor invalid JSON
+                k: float(v) if math.isfinite(float(v)) else None for k, v in (metrics or {}).items()
+            },
+        }
+
+    def _save_sharded(
+        self,
+        extra: dict[str, Any],
+        app_state: dict[str, Any],
+        *,
+        step: int,
+        epoch: int,
+        metrics: dict[str, float] | None,
+    ) -> None:
+        """Every rank writes its shards; rank 0 (``enabled``) commits, as `sharded` says."""
+        import torch.distributed as dist
+
+        self.wait()  # one write in flight, on every rank
+        name = files.checkpoint_name(step, sharded=True)
+        tmp = sharded.tmp_dir(self.directory, name)
+        if self.enabled:
+            files.remove_stale_tmp(self.directory)  # a killed save's leftovers; nothing in flight
+        group = None
+        if self.async_save:
+            if self._async_group is None:
+                self._async_group = dist.new_group(backend="gloo")  # every rank, here, once
+            group = self._async_group
+        dist.barrier()  # nobody writes into tmp before rank 0 has cleared it
+        future = sharded.write(app_state, tmp, process_group=group)
+        if not self.enabled:
+            self._pending = future
+            return
+        meta = self._meta(step, epoch, metrics)
+        self.head = name
+        if future is None:
+            self._commit(tmp, name, _copy_to_cpu(extra), meta, None)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distrib-ckpt")
+            atexit.register(self.close)
+        self._pending = self._executor.submit(
+            self._commit, tmp, name, _copy_to_cpu(extra), meta, future
+        )
+
+    def _commit(
+        self, tmp: Path, name: str, extra: dict[str, Any], meta: dict[str, Any], future: Any
+    ) -> None:
+        if future is not None:
+            future.result()  # every rank's shards are on disk (DCP's finish step on rank 0)
+        listing = sharded.commit(tmp, self.directory / name, extra)
+        entry = {
+            "size": sum(f["size"] for f in listing.values()),
+            "files": listing,
+            **meta,
+            "time": time.time(),
+        }
+        self._record(name, entry)
 
     def wait(self) -> None:
         """Block until the in-flight async write (if any) is done; re-raise its error once."""
@@ -148,7 +219,7 @@ class Checkpointer:
             if entries.get(name, {}).get("bad"):
                 continue
             try:
-                state = files.load_checkpoint(path, entries.get(name))
+                state = load_any(path, entries.get(name))
                 self.head = name
                 return state, path
             except CheckpointError as e:
@@ -186,7 +257,7 @@ class Checkpointer:
             return 0.0
 
     def _newest_first(self, entries: dict[str, dict[str, Any]]) -> list[str]:
-        on_disk = {p.name: p for p in self.directory.glob("step-*.pt")}
+        on_disk = {p.name: p for p in self.directory.glob("step-*") if files.step_of(p.name)}
         when: dict[str, tuple[float, int]] = {
             name: (float(e["time"]), int(e["step"])) for name, e in entries.items()
         }
@@ -206,7 +277,7 @@ class Checkpointer:
         path = Path(path)
         self.wait()
         entry = files.read_manifest(path.parent).get(path.name)
-        state = files.load_checkpoint(path, entry)
+        state = load_any(path, entry)
         if path.parent.resolve() == self.directory.resolve() and self.head != path.name:
             self.head = path.name
             if self.enabled:
@@ -231,14 +302,17 @@ class Checkpointer:
         files.remove_stale_tmp(self.directory)
         name = files.checkpoint_name(meta["step"])
         size, sha256 = files.save_atomic(state, self.directory / name)
+        self._record(name, {"size": size, "sha256": sha256, **meta, "time": time.time()})
+
+    def _record(self, name: str, entry: dict[str, Any]) -> None:
+        """A committed checkpoint into the manifest and ``latest``, then prune."""
         entries = self._entries()
-        entries[name] = {"size": size, "sha256": sha256, **meta, "time": time.time()}
+        entries[name] = entry
         keep = self._retained(entries)
         files.write_manifest(self.directory, {n: e for n, e in entries.items() if n in keep})
         files.write_text_atomic(self.directory / files.LATEST, name + "\n")
         for old in entries.keys() - keep:
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / old).unlink()
+            sharded.remove(self.directory / old)
             log.debug("removed %s (outside keep_last=%d / best)", old, self.keep_last)
 
     def _retained(self, entries: dict[str, dict[str, Any]]) -> set[str]:
@@ -260,6 +334,17 @@ class Checkpointer:
             pick = max if self.best_mode == "max" else min
             keep.add(pick(scored, key=lambda n: entries[n]["metrics"][metric]))
         return keep
+
+
+def load_any(path: Path, entry: dict[str, Any] | None) -> dict[str, Any]:
+    """A checkpoint of either kind, verified against its manifest entry when there is one: a
+    ``.pt`` file's state, or a sharded directory's extra.pt (its shards load through
+    `distrib.checkpoint.sharded.load_into`, on every rank, once every file verified)."""
+    if path.suffix == ".dcp":
+        if entry is not None:
+            sharded.verify(path, entry)
+        return sharded.load_extra(path)
+    return files.load_checkpoint(path, entry)
 
 
 def _copy_to_cpu(obj: Any) -> Any:

@@ -8,6 +8,7 @@ state or the new one, never a half-written file under the final name. Temporarie
 Layout of a checkpoint directory::
 
     step-00000120.pt      torch.save of the state (names zero-padded so they sort)
+    step-00000120.dcp/    or a sharded checkpoint's directory (`distrib.checkpoint.sharded`)
     manifest.json         {"version": 1, "checkpoints": {name: {size, sha256, step, epoch, ...}}}
     latest                the name of the newest checkpoint, one line
 
@@ -35,7 +36,7 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 TMP_PREFIX = ".tmp-"
 MANIFEST_VERSION = 1
-_NAME = re.compile(r"^step-(\d+)\.pt$")
+_NAME = re.compile(r"^step-(\d+)\.(pt|dcp)$")
 _CHUNK = 1 << 20
 
 
@@ -48,9 +49,10 @@ class CheckpointError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
-def checkpoint_name(step: int) -> str:
-    """``step-00000123.pt``: zero-padded, so a plain sort of names is a sort by step."""
-    return f"step-{step:08d}.pt"
+def checkpoint_name(step: int, sharded: bool = False) -> str:
+    """``step-00000123.pt`` (``.dcp``: a sharded checkpoint's directory): zero-padded, so a
+    plain sort of names is a sort by step."""
+    return f"step-{step:08d}.{'dcp' if sharded else 'pt'}"
 
 
 def step_of(name: str) -> int | None:
@@ -91,7 +93,7 @@ def _out_of_space(error: BaseException) -> bool:
     return False
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist a rename: without this the new directory entry can be lost on power failure."""
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -119,7 +121,7 @@ def _replace_atomic(directory: Path, final: Path, write: Any, needed: int = 0) -
                 final, f"disk full on {directory} ({free / 2**20:.1f} MiB free{need})"
             ) from e
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return result
 
 
@@ -158,7 +160,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def remove_stale_tmp(directory: Path) -> list[Path]:
-    """Delete ``.tmp-*`` files a killed writer left behind; return what was removed.
+    """Delete ``.tmp-*`` files (and sharded checkpoints' directories) a killed writer left
+    behind; return what was removed.
 
     Only call this when no write into ``directory`` is in flight (the checkpointer calls it at
     the start of each write, and it has one write in flight at most).
@@ -166,7 +169,10 @@ def remove_stale_tmp(directory: Path) -> list[Path]:
     removed = []
     for p in Path(directory).glob(f"{TMP_PREFIX}*"):
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             removed.append(p)
     return removed
 
@@ -207,7 +213,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -225,7 +231,7 @@ def verify(path: Path, entry: dict[str, Any]) -> None:
         raise CheckpointError(
             path, f"size mismatch (manifest says {entry['size']} bytes, file has {size})"
         )
-    sha = _sha256_of(path)
+    sha = sha256_of(path)
     if sha != entry["sha256"]:
         raise CheckpointError(
             path, f"sha256 mismatch (manifest says {entry['sha256'][:12]}.., file has {sha[:12]}..)"

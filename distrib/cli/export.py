@@ -32,8 +32,9 @@ class ExportError(Exception):
 
 
 def resolve(path: Path) -> Path:
-    """A checkpoint file, or a run directory's newest good checkpoint (what a resume loads)."""
-    if path.is_file():
+    """A checkpoint (a file, or a sharded one's directory), or a run directory's newest good
+    checkpoint (what a resume loads)."""
+    if path.is_file() or (path.suffix == ".dcp" and path.is_dir()):
         return path
     if not path.is_dir():
         raise ExportError(f"{path}: no such checkpoint file or run directory", 2)
@@ -46,22 +47,32 @@ def resolve(path: Path) -> Path:
     return found[1]
 
 
-def load(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The model of checkpoint ``path``, rebuilt and with its weights, and the run's config."""
-    from distrib.checkpoint.files import CheckpointError, load_checkpoint, read_manifest
+def weights(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The unwrapped model's state dict of checkpoint ``path`` (either kind, verified against
+    its manifest), and the run's config."""
+    from distrib.checkpoint import sharded
+    from distrib.checkpoint.checkpointer import load_any
+    from distrib.checkpoint.files import CheckpointError, read_manifest
 
     try:
-        state = load_checkpoint(path, read_manifest(path.parent).get(path.name))
+        state = load_any(path, read_manifest(path.parent).get(path.name))
+        model = sharded.full_model_state(path) if path.suffix == ".dcp" else state.get("model")
     except CheckpointError as e:
         raise ExportError(str(e), 2) from None
     config = state.get("config")
-    if not isinstance(config, dict) or "model" not in config or "model" not in state:
+    if not isinstance(config, dict) or "model" not in config or model is None:
         raise ExportError(f"{path}: not a distrib checkpoint (no model config and weights)", 2)
+    return model, config
+
+
+def load(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The model of checkpoint ``path``, rebuilt and with its weights, and the run's config."""
+    state, config = weights(path)
     from distrib.trainer.guards import BuildFailed, build_named
 
     try:
         model = build_named("model", config["model"])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state)
     except (BuildFailed, RuntimeError) as e:  # code moved on since, or weights of another shape
         said = " ".join(str(e).split())[:300]  # load_state_dict names the keys on line two
         raise ExportError(f"{path}: its model does not rebuild here: {said}", 2) from None
@@ -131,11 +142,13 @@ def _quiet_unless_ok() -> Iterator[None]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    """A file's sha256; a sharded checkpoint's: of its files' names and sha256s, in order."""
+    from distrib.checkpoint.files import sha256_of
+
+    if path.is_file():
+        return sha256_of(path)
+    listing = "".join(f"{p.name} {sha256_of(p)}\n" for p in sorted(path.iterdir()) if p.is_file())
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -184,7 +197,7 @@ def main(argv: list[str]) -> int:
         path = resolve(args.checkpoint)
         model, config = load(path)
         example = example_input(config, shape)
-        out = args.out or path.with_name(path.name.removesuffix(".pt") + FORMATS[args.format])
+        out = args.out or path.with_name(path.stem + FORMATS[args.format])
         if not out.parent.is_dir():
             raise ExportError(f"--out {out}: no such directory {out.parent}", 2)
         export(model, example, args.format, out)

@@ -19,7 +19,9 @@ from distrib.config.launcher import LauncherConfig
 from distrib.errors import check
 from distrib.loggers import LOGGERS
 from distrib.parallel.ddp import DDPConfig
+from distrib.parallel.fsdp import FSDPConfig, check_available
 from distrib.parallel.precision import PRECISIONS
+from distrib.parallel.strategy import STRATEGIES
 
 
 @dataclass(kw_only=True)
@@ -96,15 +98,28 @@ class TrainerConfig:
     and the data position were made for the old one)."""
     resume: str = "auto"
     """auto: continue from the newest good checkpoint of the run directory; never; or a path."""
+    strategy: str = "ddp"
+    """ddp (a whole model per worker) or fsdp (parameters, gradients and optimizer state
+    sharded over the workers: for models larger than one GPU; needs torch >= 2.9)."""
+    blocks: list[str] = field(default_factory=list)
+    """Class names of the model's repeated blocks (``[GPT2Block]``): what fsdp shards one by one
+    and activation checkpointing recomputes; empty: the modules of the model's largest
+    ModuleList, else the children of its largest Sequential."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward instead of keeping them (both
+    strategies): about one more forward pass for much less activation memory."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         check(
-            self.resume in ("auto", "never") or Path(self.resume).is_file(),
+            self.resume in ("auto", "never")
+            or Path(self.resume).is_file()
+            or (Path(self.resume).suffix == ".dcp" and Path(self.resume).is_dir()),
             "trainer.resume",
             self.resume,
-            "auto, never or the path of an existing checkpoint file",
+            "auto, never or the path of an existing checkpoint (a step-*.pt file or .dcp dir)",
         )
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         check(
@@ -153,6 +168,15 @@ class TrainerConfig:
         check(
             self.nonfinite in ("stop", "skip"), "trainer.nonfinite", self.nonfinite, "stop or skip"
         )
+        check(self.strategy in STRATEGIES, "trainer.strategy", self.strategy, "ddp or fsdp")
+        if self.strategy == "fsdp":
+            check_available()
+            check(
+                not self.ddp.sync_batchnorm,
+                "trainer.ddp.sync_batchnorm",
+                True,
+                "false under trainer.strategy=fsdp (FSDP2 has no SyncBatchNorm)",
+            )
 
 
 @dataclass(kw_only=True)

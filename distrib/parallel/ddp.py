@@ -1,21 +1,19 @@
-"""Data parallel: DDP with the knobs users need, accumulation without a reduce, clipping.
+"""Data parallel (``trainer.strategy=ddp``): every worker holds the whole model; DDP averages
+the gradients with all-reduces that overlap the backward pass.
 
-`wrap` applies, in this fixed order: move to the worker's device, convert BatchNorm to
-SyncBatchNorm (optional; before DDP so DDP sees the synced modules), wrap in DDP. A world of one
-gets the bare model back: no hooks, no buckets, nothing to pay for.
+`wrap_ddp` applies, in this fixed order: convert BatchNorm to SyncBatchNorm (optional; before
+DDP so DDP sees the synced modules), wrap in DDP. `distrib.parallel.strategy.wrap` moves the
+model to the device first and gives a world of one the bare model: no hooks, no buckets.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distrib.distributed.process_group import Context, current
+from distrib.distributed.process_group import Context
 from distrib.errors import check
 
 
@@ -40,18 +38,8 @@ class DDPConfig:
         )
 
 
-def wrap(model: nn.Module, ctx: Context | None = None, ddp: DDPConfig | None = None) -> nn.Module:
-    """Return ``model`` on this worker's device, wrapped in DDP when the world has >1 worker.
-
-    Example::
-
-        model = distrib.wrap(MyNet(), ddp=distrib.DDPConfig(static_graph=True))
-    """
-    ctx = ctx or current()
-    ddp = ddp or DDPConfig()
-    model = model.to(ctx.device)
-    if not ctx.is_distributed:
-        return model
+def wrap_ddp(model: nn.Module, ctx: Context, ddp: DDPConfig) -> nn.Module:
+    """``model`` (on the worker's device, a world of more than one) wrapped in DDP."""
     if ddp.sync_batchnorm:
         check(
             ctx.device.type == "cuda",
@@ -68,32 +56,3 @@ def wrap(model: nn.Module, ctx: Context | None = None, ddp: DDPConfig | None = N
         static_graph=ddp.static_graph,
         gradient_as_bucket_view=ddp.gradient_as_bucket_view,
     )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside any DDP wrapper: what checkpoints and evaluation use."""
-    return model.module if isinstance(model, DDP) else model
-
-
-@contextlib.contextmanager
-def accumulate(model: nn.Module, *, sync: bool) -> Iterator[None]:
-    """Run a micro-step's backward; skip DDP's all-reduce unless ``sync`` (the last micro-step).
-
-    Example::
-
-        for i, batch in enumerate(micro_batches):
-            with distrib.accumulate(model, sync=i == len(micro_batches) - 1):
-                (loss_fn(model(batch)) / len(micro_batches)).backward()
-    """
-    if isinstance(model, DDP) and not sync:
-        with model.no_sync():
-            yield
-    else:
-        yield
-
-
-def clip_grad(model: nn.Module, max_norm: float) -> torch.Tensor | None:
-    """Clip the global gradient norm (after the all-reduce, so every rank clips alike)."""
-    if max_norm <= 0:
-        return None
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)

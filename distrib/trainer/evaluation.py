@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distrib.distributed.process_group import Context
+from distrib.parallel.strategy import is_sharded
 from distrib.tasks import Task, to_device
 
 
@@ -20,11 +21,16 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context, task: Task) -> dict
     was_training = model.training
     model.eval()
     sums: dict[str, torch.Tensor] = {}
+    seen, last = 0, None
     for batch in dl:
-        out = task(model=model, batch=to_device(batch, ctx.device))
+        last = to_device(batch, ctx.device)
+        out = task(model=model, batch=last)
+        seen += 1
         for name, value in out.sums.items():
             value = torch.as_tensor(value, device=ctx.device).detach().double().sum()
             sums[name] = sums[name] + value if name in sums else value
+    if is_sharded(model):
+        _match_forwards(model, dl, ctx, task, seen, last)
     names = sorted(sums)
     if ctx.is_distributed:
         # A rank whose shard is empty has no names: agree on them first (once per evaluation).
@@ -38,6 +44,26 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context, task: Task) -> dict
     model.train(was_training)
     totals = dict(zip(names, vector.tolist(), strict=False))
     return {f"eval_{k}": v for k, v in task.metrics(totals).items()}
+
+
+def _match_forwards(
+    model: nn.Module, dl: DataLoader, ctx: Context, task: Task, seen: int, last: Any
+) -> None:
+    """Under FSDP a forward is a collective (each block's parameters are gathered), so every
+    rank must run as many as the one with the most eval batches: the others repeat a batch and
+    drop what it computes. Shards differ by one sample at most, so it is one forward or none."""
+    most = torch.tensor(seen, device=ctx.device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    if int(most) == seen:
+        return
+    if last is None:  # an empty shard (fewer samples than ranks): any one sample will do
+        from torch.utils.data import default_collate
+
+        tensors = getattr(dl, "tensors", None)  # in-memory batches (TensorBatches)
+        one = tuple(t[:1] for t in tensors) if tensors else default_collate([dl.dataset[0]])  # type: ignore[attr-defined]
+        last = to_device(one, ctx.device)
+    for _ in range(int(most) - seen):
+        task(model=model, batch=last)
 
 
 def describe(result: dict[str, Any]) -> str:

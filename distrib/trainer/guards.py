@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from distrib.errors import ConfigError
 from distrib.secrets import redact
@@ -18,14 +17,6 @@ from distrib.secrets import redact
 
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/Inf (``trainer.nonfinite=stop``); nothing of it was saved."""
-
-
-def grads_finite(model: nn.Module) -> bool:
-    """One device-side reduction and one read-back: the cost of ``trainer.nonfinite=skip``."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def check_steps(train_dl: Any, global_batch: int, world: int) -> None:

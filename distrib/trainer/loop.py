@@ -28,8 +28,7 @@ from distrib.data import eval_loader, loader
 from distrib.distributed.process_group import Context, session
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
-from distrib.parallel.ddp import accumulate, clip_grad, unwrap, wrap
-from distrib.parallel.precision import autocast
+from distrib.parallel import strategy as par
 from distrib.rng import seed_all
 from distrib.tasks import Task, batch_size, to_device
 from distrib.trainer import preemption
@@ -38,7 +37,6 @@ from distrib.trainer.guards import (
     NonFiniteLoss,
     build_named,
     check_steps,
-    grads_finite,
     same_length_everywhere,
 )
 from distrib.trainer.metrics import Metrics, StepTimer, record_step, report
@@ -47,7 +45,7 @@ from distrib.trainer.resume_policy import (
     check_compatible,
     hyperparameter_changes,
 )
-from distrib.trainer.state import TrainState, capture, restore
+from distrib.trainer.state import TrainState, capture, restore, sharded_state
 
 log = logging.getLogger("distrib.trainer.loop")
 
@@ -82,7 +80,7 @@ class _Run:
 
         Never weights that went NaN/Inf: keep_last would rotate every good checkpoint out.
         """
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        if not par.params_finite(self.model):
             raise NonFiniteLoss(
                 f"the weights are not finite at step {self.state.step}; stopped without "
                 "checkpointing them (the newest checkpoint is still a good one)"
@@ -96,7 +94,14 @@ class _Run:
             global_batch=self.cfg.trainer.global_batch_size,
             config=dataclasses.asdict(self.cfg),
         )
-        self.ckpt.save(data, step=self.state.step, epoch=self.state.epoch_number, metrics=metrics)
+        shards = sharded_state(self.model, self.optimizer) if par.is_sharded(self.model) else None
+        self.ckpt.save(
+            data,
+            step=self.state.step,
+            epoch=self.state.epoch_number,
+            metrics=metrics,
+            sharded=shards,
+        )
         self.saved_step = self.state.step
 
 
@@ -118,7 +123,16 @@ def fit(
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_all(t.seed)  # same seed everywhere: equal replicas before DDP even broadcasts
-        model = wrap(build_named("model", cfg.model), ctx, t.ddp)
+        model = par.wrap(
+            build_named("model", cfg.model),
+            ctx,
+            t.ddp,
+            strategy=t.strategy,
+            fsdp=t.fsdp,
+            blocks=t.blocks,
+            precision=t.precision,
+            activation_checkpointing=t.activation_checkpointing,
+        )
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
         train_ds = build_named("data.train", cfg.data["train"])
@@ -147,7 +161,8 @@ def fit(
             best_metric=c.best_metric,
             best_mode=c.best_mode,
             async_save=c.async_save,
-            enabled=ctx.is_main and run_dir is not None,
+            enabled=ctx.is_main,
+            keep=run_dir is not None,
         )
         check_steps(train_dl, t.global_batch_size, ctx.world_size)
         task = build_named("task", cfg.task)
@@ -191,7 +206,7 @@ def fit(
             **result,
         }
         if return_weights:
-            out["state_dict"] = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+            out["state_dict"] = par.full_state_dict(model)
         return out
 
 
@@ -267,7 +282,7 @@ def _train(
             raise SystemExit(preemption.REQUEUE_EXIT_CODE)
         if run.state.consumed < train_dl.sampler.epoch_samples():  # type: ignore[attr-defined]
             break  # max_steps ended training mid-epoch
-        result = evaluate(unwrap(run.model), eval_dl, run.ctx, run.task)
+        result = evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
         _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
@@ -283,7 +298,7 @@ def _train(
         if t.checkpoint.every_epoch:
             run.save({k: float(v) for k, v in result.items()})
     if result is None:  # max_steps ended training mid-epoch: its final evaluation is logged too
-        result = evaluate(unwrap(run.model), eval_dl, run.ctx, run.task)
+        result = evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
         _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
@@ -325,8 +340,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         in_step = min(t.grad_accum, n_micro - first)  # the last step may be short
         last_micro = i - first == in_step - 1
         batch = to_device(batch, ctx.device)
-        with accumulate(run.model, sync=last_micro):
-            with autocast(ctx.device, t.precision):
+        with par.accumulate(run.model, sync=last_micro):
+            with par.autocast(run.model, ctx.device, t.precision):
                 loss = run.task(model=run.model, batch=batch).loss
                 if in_step > 1:  # a mean over the step's micro-batches; no op for one
                     loss = loss / in_step
@@ -340,9 +355,9 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         step_samples += batch_size(batch)
         if not last_micro:
             continue
-        clip_grad(run.model, t.clip_grad_norm)
+        par.clip_grad(run.model, t.clip_grad_norm)
         # skip: the all-reduced gradients are equal on every rank, so every rank skips alike
-        skipped = t.nonfinite == "skip" and not grads_finite(run.model)
+        skipped = t.nonfinite == "skip" and not par.grads_finite(run.model)
         if skipped:
             log.warning("non-finite gradients at step %d: step skipped", state.step + 1)
             step_loss = torch.zeros((), device=ctx.device)  # and not averaged into the loss

@@ -4,6 +4,11 @@ A checkpoint is a dict that a plain ``torch.load(path, weights_only=True)`` open
 the unwrapped state dict, next to the optimizer, scheduler, position in the data and every
 rank's RNG states. It carries a format version and the world size that wrote it, and a resume it
 cannot honour is refused with one line (STYLE habit 9).
+
+Under FSDP the model and optimizer go to a sharded checkpoint instead (`sharded_state`: torch's
+state-dict API, keys of the unwrapped model, each rank its shards) and the dict holds the rest.
+Either kind resumes under either strategy at any world size: `restore` loads a sharded one
+through DCP (which reshards) and a ``.pt`` into a sharded model as a full state dict.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import nn
 
 from distrib.distributed.process_group import Context
 from distrib.errors import ConfigError
-from distrib.parallel.ddp import unwrap
+from distrib.parallel.strategy import is_sharded, unwrap
 from distrib.rng import get_rng_state, seed_all, set_rng_state
 from distrib.secrets import redact
 from distrib.version import __version__
@@ -69,11 +74,16 @@ def capture(
     global_batch: int,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    """The checkpoint dict (complete on rank 0); every rank must call it (RNG gather)."""
+    """The checkpoint dict (complete on rank 0); every rank must call it (RNG gather).
+
+    For a sharded model it holds no ``model``/``optimizer``: those are `sharded_state`'s.
+    """
+    shards = is_sharded(model)
     return {
         "format_version": FORMAT_VERSION,
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
+        **({} if shards else {"model": unwrap(model).state_dict()}),
+        **({} if shards else {"optimizer": optimizer.state_dict()}),
+        "strategy": "fsdp" if shards else "ddp",
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": state.epoch,
         "step": state.step,
@@ -85,6 +95,55 @@ def capture(
         "config": redact(config),
         "versions": {"distrib": _version(), "torch": str(torch.__version__)},
     }
+
+
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``{"model", "optim"}`` as DCP writes and reads them: this rank's shards, keyed by the
+    unwrapped model's parameter names (torch strips FSDP's and activation checkpointing's)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def _load_weights(
+    ckpt: dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    if path.suffix == ".dcp":  # any model, any world size: DCP reshards
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        from distrib.checkpoint.sharded import load_into
+
+        app = sharded_state(model, optimizer)
+        load_into(path, app)
+        set_state_dict(
+            model, optimizer, model_state_dict=app["model"], optim_state_dict=app["optim"]
+        )
+        return
+    if is_sharded(model):  # a whole-model checkpoint (ddp, or 1 worker) into FSDP's shards
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        wrappers = ("_checkpoint_wrapped_module.", "_orig_mod.")  # not in checkpoint keys
+        names = [n for n, _ in unwrap(model).named_parameters()]
+        for w in wrappers:
+            names = [n.replace(w, "") for n in names]
+        osd = ckpt["optimizer"]
+        by_name = {  # torch's full optimizer state dict is keyed by parameter name, not index
+            "state": {names[i]: s for i, s in osd["state"].items()},
+            "param_groups": [
+                {**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]
+            ],
+        }
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=ckpt["model"],
+            optim_state_dict=by_name,
+            options=StateDictOptions(full_state_dict=True),
+        )
+        return
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
 
 
 def restore(
@@ -107,15 +166,13 @@ def restore(
     if version != FORMAT_VERSION:
         raise ConfigError(str(path), version, f"a checkpoint of format version {FORMAT_VERSION}")
     try:
-        unwrap(model).load_state_dict(ckpt["model"])
+        _load_weights(ckpt, path, model, optimizer)
     except RuntimeError as e:  # torch lists every mismatched tensor over many lines
         first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
         raise ConfigError(
             "model", message=f"{path}: the model does not match it: {first}"
         ) from None
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, IndexError) as e:
         raise ConfigError(
             "optim", message=f"{path}: the optimizer does not match it: {e!r}"
         ) from None
