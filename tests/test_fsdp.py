@@ -90,6 +90,45 @@ def test_fsdp_trains_as_ddp_and_as_one_worker(case: str, monkeypatch: pytest.Mon
     assert one["state_dict"].keys() == fsdp[0]["state_dict"].keys()  # the plain model's names
 
 
+def _whole_into_shards(path: str) -> tuple[bool, bool]:
+    """Each rank: a whole-model checkpoint (what 1 worker writes) restored into FSDP shards;
+    is every parameter and every AdamW moment back, gathered whole?"""
+    import distrib
+    from distrib.models import MLP as Net
+    from distrib.trainer.state import restore, sharded_state
+
+    ctx = distrib.init()
+    saved = torch.load(path, weights_only=True)
+    model = distrib.wrap(Net(16, 32, 2), strategy="fsdp")
+    optimizer = torch.optim.AdamW(model.parameters())
+    ckpt = {**saved, "format_version": 1, "epoch": 0, "step": 0, "consumed": 0, "world_size": 1}
+    restore(ckpt, Path(path), model=model, optimizer=optimizer, scheduler=None, ctx=ctx, seed=0)
+    state = sharded_state(model, optimizer)
+    saved = torch.load(path, weights_only=True)  # restore may have turned its tensors into shards
+    names = list(saved["model"])
+    weights = all(torch.equal(state["model"][n].full_tensor(), saved["model"][n]) for n in names)
+    moments = all(
+        torch.equal(state["optim"]["state"][n][k].full_tensor(), saved["optimizer"]["state"][i][k])
+        for i, n in enumerate(n for n, _ in distrib.unwrap(model).named_parameters())
+        for k in ("exp_avg", "exp_avg_sq")
+    )
+    return weights, moments
+
+
+@pytest.mark.slow
+def test_a_whole_model_checkpoint_restores_weights_and_optimizer_state_into_shards(tmp_path):
+    from distrib.models import MLP as Net
+
+    torch.manual_seed(0)
+    model = Net(16, 32, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 16)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "step-00000001.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    assert spawn(_whole_into_shards, str(path)) == [(True, True), (True, True)]
+
+
 def _one_step_grads() -> dict[str, torch.Tensor]:
     """Each rank: the same model under DDP and under FSDP, one backward on this rank's half of
     one batch; FSDP's gradient shards gathered whole."""
@@ -231,10 +270,15 @@ def test_a_resume_at_another_world_size_sees_every_sample_once(
     run_dir, first, second = tmp_path / "run", tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
     batch = "trainer.global_batch_size=48"  # 1, 2 and 3 workers: 10 steps of 512 samples
-    train(run_dir, batch, "trainer.max_steps=3", f"+data.train.record_dir={first}", nproc=before)
+    # and evaluation in batches of 14: 3 ranks hold 43, 43 and 42 eval samples, 4 batches and 3,
+    # so under FSDP the short rank must still join the 4th forward's gathers (or all hang)
+    batch += " trainer.eval_batch_size=14"
+    train(run_dir, *batch.split(), "trainer.max_steps=3", f"+data.train.record_dir={first}",
+          nproc=before)  # fmt: skip
     kind = ".dcp" if before > 1 else ".pt"  # one worker holds the whole model
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-00000003{kind}"
-    res = train(run_dir, batch, "trainer.epochs=1", f"+data.train.record_dir={second}", nproc=after)
+    res = train(run_dir, *batch.split(), "trainer.epochs=1", f"+data.train.record_dir={second}",
+                nproc=after)  # fmt: skip
     assert f"step-00000003{kind}: epoch 1, step 3, 144 samples" in res.stdout
     assert f"written by {before} worker(s)" in res.stdout
     seen = _records(first) + _records(second)

@@ -22,6 +22,7 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context, task: Task) -> dict
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     seen, last = 0, None
+    most = _most_batches(dl, ctx) if is_sharded(model) else 0  # agreed before any forward
     for batch in dl:
         last = to_device(batch, ctx.device)
         out = task(model=model, batch=last)
@@ -29,8 +30,8 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context, task: Task) -> dict
         for name, value in out.sums.items():
             value = torch.as_tensor(value, device=ctx.device).detach().double().sum()
             sums[name] = sums[name] + value if name in sums else value
-    if is_sharded(model):
-        _match_forwards(model, dl, ctx, task, seen, last)
+    if seen < most:
+        _pad_forwards(model, dl, ctx, task, most - seen, last)
     names = sorted(sums)
     if ctx.is_distributed:
         # A rank whose shard is empty has no names: agree on them first (once per evaluation).
@@ -46,23 +47,26 @@ def evaluate(model: nn.Module, dl: DataLoader, ctx: Context, task: Task) -> dict
     return {f"eval_{k}": v for k, v in task.metrics(totals).items()}
 
 
-def _match_forwards(
-    model: nn.Module, dl: DataLoader, ctx: Context, task: Task, seen: int, last: Any
-) -> None:
-    """Under FSDP a forward is a collective (each block's parameters are gathered), so every
-    rank must run as many as the one with the most eval batches: the others repeat a batch and
-    drop what it computes. Shards differ by one sample at most, so it is one forward or none."""
-    most = torch.tensor(seen, device=ctx.device)
+def _most_batches(dl: DataLoader, ctx: Context) -> int:
+    """The most eval batches any rank has. Under FSDP a forward is a collective (each block's
+    parameters are gathered), so every rank must run that many forwards: see `_pad_forwards`."""
+    most = torch.tensor(len(dl), device=ctx.device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    if int(most) == seen:
-        return
+    return int(most)
+
+
+def _pad_forwards(
+    model: nn.Module, dl: DataLoader, ctx: Context, task: Task, missing: int, last: Any
+) -> None:
+    """A rank with fewer eval batches repeats one and drops what it computes (shards differ by
+    one sample at most, so it is one forward or none)."""
     if last is None:  # an empty shard (fewer samples than ranks): any one sample will do
         from torch.utils.data import default_collate
 
         tensors = getattr(dl, "tensors", None)  # in-memory batches (TensorBatches)
         one = tuple(t[:1] for t in tensors) if tensors else default_collate([dl.dataset[0]])  # type: ignore[attr-defined]
         last = to_device(one, ctx.device)
-    for _ in range(int(most) - seen):
+    for _ in range(missing):
         task(model=model, batch=last)
 
 
