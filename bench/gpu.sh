@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 9 as one prepared run on a lent GPU machine (the workplace's
+# The GPU checks (issues 9 and 17) as one prepared run on a lent GPU machine (the workplace's
 # `device` tool; its python3 has torch but not hydra-core, omegaconf, antlr4 or submitit):
 #
 #   here, once:  bash bench/gpu.sh --wheels        # those four as wheels in .whl/ (git-ignored)
@@ -8,8 +8,9 @@
 # It prints, and writes under $OUT: the environment; the CUDA/NCCL tests (test_process_group,
 # test_wrap); the host's blocking calls per step of `fit` on the GPU; the plain loop against
 # distrib's trainer on 1 GPU in fp32 and bf16 (the <= 1.02 target), then distrib 1 against
-# raw DDP 1 launched. About 5 minutes; each part goes on if an earlier one failed. DRY_RUN=1
-# runs it on a CPU (tiny bench) to check the script itself.
+# raw DDP 1 launched; fsdp vs ddp in bf16 (memory bench, step time, peak). About 7 minutes;
+# each part goes on if an earlier one failed. DRY_RUN=1 runs it on a CPU (tiny bench) to check
+# the script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,3 +64,21 @@ done
 echo "== distrib 1 vs raw DDP 1 (launched), fp32"
 timeout 150 python3 -m distrib.bench scaling --workload wide --ways distrib,raw --workers 1 --repeats 2 \
     --no-tta --out "$OUT/launched" ${DRY_RUN:+--tiny} 2>/dev/null | grep "^| wide\|^| workload"
+
+echo "== fsdp vs ddp, bf16: step time and peak memory (issue 17; on 1 GPU both hold the whole"
+echo "   model, so the sharded figures need >= 2 GPUs: the memory bench uses all visible ones)"
+GPUS=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+timeout 150 python3 -m distrib.bench memory --workers "$GPUS" --hidden 4096 --depth 4 \
+    --out "$OUT/memory" 2>/dev/null | grep "^|\|fsdp / ddp"
+for strategy in ddp fsdp; do
+    timeout 150 python3 -m distrib.train model=mlp data=synthetic trainer.strategy=$strategy \
+        trainer.precision=bf16 model.hidden=4096 model.depth=4 trainer.global_batch_size=512 \
+        trainer.epochs=1 launcher.nproc="$GPUS" logger=[jsonl] "hydra.run.dir=$OUT/train-$strategy" \
+        >/dev/null 2>&1
+    python3 - "$OUT/train-$strategy/metrics.jsonl" "$strategy" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if '"step_time_mean"' in line]
+last = rows[-1] if rows else {}
+print(f"{sys.argv[2]}: step_time_mean {last.get('step_time_mean')} s, peak_memory_mb {last.get('peak_memory_mb')}")
+PY
+done
