@@ -15,9 +15,13 @@ every rank can read (`latest_good`, `load`) for a resume. Example::
     ...
     ckpt.close()  # waits for the last async write; also runs at interpreter exit
 
-With ``async_save=True``, `save` blocks only while it copies the state to CPU memory; a writer
-thread serialises, fsyncs and updates the manifest while training goes on. One write is in
-flight at most: the next `save` (or `wait`) waits for it and re-raises its error.
+A sync `save` serialises the state into a temporary file (what a bare ``torch.save`` costs);
+the writer thread then fsyncs it, hashes it, renames it and updates the manifest (the
+checkpoint counts from then on), and `save` returns when that is done (or at once with
+``wait=False``). With
+``async_save=True``, `save` blocks only while it copies the state to CPU memory and the writer
+thread serialises too. One write is in flight
+at most: the next `save` (or `wait`, `close`, a `load`) waits for it and re-raises its error.
 
 A sharded model (FSDP) passes ``sharded=`` its DCP state to `save`, on EVERY rank: each rank
 writes its own shards (`distrib.checkpoint.sharded`), rank 0 commits the directory and keeps
@@ -79,13 +83,9 @@ class Checkpointer:
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._async_group: Any = None  # sharded async saves: a process group of their own
+        self._pruning: Future[None] | None = None
         if enabled:
             self.directory.mkdir(parents=True, exist_ok=True)
-        if enabled and async_save:
-            # Executor threads are joined (after finishing queued work) before atexit handlers
-            # run, so a pending write completes at exit; close() via atexit then reports errors.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distrib-ckpt")
-            atexit.register(self.close)
 
     def save(
         self,
@@ -95,6 +95,7 @@ class Checkpointer:
         epoch: int,
         metrics: dict[str, float] | None = None,
         sharded: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> None:
         """Write ``state`` as ``step-<step>.pt``; a no-op unless this checkpointer is enabled.
 
@@ -102,20 +103,38 @@ class Checkpointer:
         dicts/lists/tuples of them (what ``state_dict()`` methods return). With ``sharded``
         (DCP state: ``{"model": ..., "optim": ...}`` of a sharded model) every rank must call
         this: the checkpoint is the directory ``step-<step>.dcp``, ``state`` its extra.pt.
+
+        A sync save returns once the checkpoint is committed (durable: what the trainer
+        does); with ``wait=False`` once it is serialised -- fsync, sha256, rename and manifest
+        follow on the writer thread, and the next save, `wait`, `close` or a load waits.
         """
         if sharded is not None and self.keep:
-            self._save_sharded(state, sharded, step=step, epoch=epoch, metrics=metrics)
+            self._save_sharded(state, sharded, step=step, epoch=epoch, metrics=metrics, wait=wait)
             return
         if not self.enabled:
             return
         meta = self._meta(step, epoch, metrics)
         self.head = files.checkpoint_name(step)
-        if self._executor is None:
-            self._write(state, meta)
+        self.wait()  # one write in flight
+        if self.async_save:
+            snapshot = _copy_to_cpu(state)  # training may modify the originals from now on
+            self._pending = self._writer().submit(self._write, snapshot, meta)
             return
-        self.wait()
-        snapshot = _copy_to_cpu(state)  # training may modify the originals in place from now on
-        self._pending = self._executor.submit(self._write, snapshot, meta)
+        files.remove_stale_tmp(self.directory)  # sync: serialise here, the rest on the writer
+        name = files.checkpoint_name(meta["step"])
+        tmp = files.serialize(state, self.directory / name)
+        self._pending = self._writer().submit(self._finish, tmp, name, meta)
+        if wait:
+            self.wait()
+
+    def _writer(self) -> ThreadPoolExecutor:
+        """The writer thread, started at the first save. Executor threads are joined (after
+        their queued work) before atexit handlers run, so a pending write completes at exit;
+        `close` via atexit then reports its error."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distrib-ckpt")
+            atexit.register(self.close)
+        return self._executor
 
     def _meta(self, step: int, epoch: int, metrics: dict[str, float] | None) -> dict[str, Any]:
         return {
@@ -135,6 +154,7 @@ class Checkpointer:
         step: int,
         epoch: int,
         metrics: dict[str, float] | None,
+        wait: bool,
     ) -> None:
         """Every rank writes its shards; rank 0 (``enabled``) commits, as `sharded` says."""
         import torch.distributed as dist
@@ -156,15 +176,11 @@ class Checkpointer:
             return
         meta = self._meta(step, epoch, metrics)
         self.head = name
-        if future is None:
-            self._commit(tmp, name, _copy_to_cpu(extra), meta, None)
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distrib-ckpt")
-            atexit.register(self.close)
-        self._pending = self._executor.submit(
+        self._pending = self._writer().submit(
             self._commit, tmp, name, _copy_to_cpu(extra), meta, future
         )
+        if wait and future is None:
+            self.wait()
 
     def _commit(
         self, tmp: Path, name: str, extra: dict[str, Any], meta: dict[str, Any], future: Any
@@ -181,10 +197,14 @@ class Checkpointer:
         self._record(name, entry)
 
     def wait(self) -> None:
-        """Block until the in-flight async write (if any) is done; re-raise its error once."""
+        """Block until the write in flight (if any) is committed and the checkpoints it
+        retired are deleted; re-raise its error once."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:
+            pruning.result()
 
     def close(self) -> None:
         """Wait for the last write, then stop the writer thread; safe to call twice.
@@ -301,7 +321,10 @@ class Checkpointer:
         so an old checkpoint is deleted only once the new one is complete on disk."""
         files.remove_stale_tmp(self.directory)
         name = files.checkpoint_name(meta["step"])
-        size, sha256 = files.save_atomic(state, self.directory / name)
+        self._finish(files.serialize(state, self.directory / name), name, meta)
+
+    def _finish(self, tmp: Path, name: str, meta: dict[str, Any]) -> None:
+        size, sha256 = files.commit(tmp, self.directory / name)
         self._record(name, {"size": size, "sha256": sha256, **meta, "time": time.time()})
 
     def _record(self, name: str, entry: dict[str, Any]) -> None:
@@ -311,9 +334,14 @@ class Checkpointer:
         keep = self._retained(entries)
         files.write_manifest(self.directory, {n: e for n, e in entries.items() if n in keep})
         files.write_text_atomic(self.directory / files.LATEST, name + "\n")
-        for old in entries.keys() - keep:
-            sharded.remove(self.directory / old)
-            log.debug("removed %s (outside keep_last=%d / best)", old, self.keep_last)
+        doomed = [self.directory / old for old in entries.keys() - keep]
+        if doomed:  # out of the manifest already: `wait` (and a waiting save) waits for this too
+            self._pruning = self._writer().submit(self._prune, doomed)
+
+    def _prune(self, paths: list[Path]) -> None:
+        for path in paths:
+            sharded.remove(path)
+            log.debug("removed %s (outside keep_last=%d / best)", path.name, self.keep_last)
 
     def _retained(self, entries: dict[str, dict[str, Any]]) -> set[str]:
         """The last ``keep_last`` good ones written, the best by ``best_metric`` when set, and

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,27 +62,6 @@ def step_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class _HashingWriter:
-    """A write-only file wrapper that hashes and counts the bytes going through it.
-
-    ``torch.save`` only calls ``write`` and ``flush`` on a buffer, so hashing here gives the
-    sha256 without reading a multi-GB file back after writing it.
-    """
-
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
-        return self._raw.write(data)
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-
 def _out_of_space(error: BaseException) -> bool:
     seen: BaseException | None = error
     while seen is not None:
@@ -114,32 +94,73 @@ def _replace_atomic(directory: Path, final: Path, write: Any, needed: int = 0) -
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if _out_of_space(e):  # torch buries ENOSPC under "enforce fail ... unexpected pos"
-            free = shutil.disk_usage(directory).free
-            need = f", ~{needed / 2**20:.1f} MiB needed" if needed else ""
-            raise CheckpointError(
-                final, f"disk full on {directory} ({free / 2**20:.1f} MiB free{need})"
-            ) from e
+        _raise_if_full(e, final, needed)
         raise
     fsync_dir(directory)
     return result
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> tuple[int, str]:
-    """``torch.save`` ``obj`` to ``path`` atomically; return (size in bytes, sha256 hex).
+    """``torch.save`` ``obj`` to ``path`` atomically and durably; return (size, sha256 hex).
 
     Example::
 
         size, sha = save_atomic({"model": model.state_dict()}, Path("ckpt/step-00000010.pt"))
     """
-    path = Path(path)
+    return commit(serialize(obj, path), Path(path))
 
-    def write(f: Any) -> tuple[int, str]:
-        writer = _HashingWriter(f)
-        torch.save(obj, writer)
-        return writer.size, writer.sha256.hexdigest()
 
-    return _replace_atomic(path.parent, path, write, needed=_tensor_bytes(obj))
+def serialize(obj: dict[str, Any], final: Path) -> Path:
+    """First half of a two-phase save: ``torch.save`` ``obj`` into a fresh temporary beside
+    ``final`` (bytes in the page cache, nothing durable yet); `commit` is the second half.
+
+    Split so the training thread pays for the serialisation alone: fsync, the sha256 (read
+    back from the page cache) and the rename happen in `commit`, on the checkpoint writer's
+    thread. A checkpoint counts only once committed, so a crash in between leaves a
+    ``.tmp-`` file and the previous checkpoint, as before.
+    """
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)  # a real file: torch's own fast path, no Python-level writes
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _raise_if_full(e, final, _tensor_bytes(obj))
+        raise
+    return Path(tmp)
+
+
+def commit(tmp: Path, final: Path) -> tuple[int, str]:
+    """Second half: fsync ``tmp`` while hashing it, rename it onto ``final``, fsync the
+    directory; return (size, sha256). The hash reads the file back from the page cache on a
+    second thread beside the fsync, so the two overlap where a core is free."""
+    try:
+        with open(tmp, "rb+") as f:
+            syncing = threading.Thread(target=os.fsync, args=(f.fileno(),))
+            syncing.start()
+            with open(tmp, "rb") as g:
+                digest = hashlib.file_digest(g, "sha256").hexdigest()
+            syncing.join()
+            size = os.fstat(f.fileno()).st_size
+        os.replace(tmp, final)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _raise_if_full(e, final, 0)
+        raise
+    fsync_dir(final.parent)
+    return size, digest
+
+
+def _raise_if_full(error: BaseException, final: Path, needed: int) -> None:
+    if _out_of_space(error):  # torch buries ENOSPC under "enforce fail ... unexpected pos"
+        free = shutil.disk_usage(final.parent).free
+        need = f", ~{needed / 2**20:.1f} MiB needed" if needed else ""
+        raise CheckpointError(
+            final, f"disk full on {final.parent} ({free / 2**20:.1f} MiB free{need})"
+        ) from error
 
 
 def _tensor_bytes(obj: Any) -> int:
