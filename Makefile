@@ -7,9 +7,9 @@ STAMP   := $(VENV)/.installed
 # A CPU wheel of this torch lies on disk on our machines; installing it first stops pip from
 # pulling a multi-GB CUDA build. Where it is not available, pip picks torch itself.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS  ?= wandb,sklearn,slurm,test,bench
+EXTRAS  ?= wandb,sklearn,slurm,test,bench,docs
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench docs clean
 
 venv: $(STAMP)
 
@@ -35,5 +35,9 @@ lint: venv
 bench: venv
 	$(BIN)/python -m distrib.bench
 
+# the guide as a site in site/ (docs/mkdocs.yml; --strict: a broken link or reference fails)
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml -d $(CURDIR)/site
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache site

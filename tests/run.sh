@@ -26,16 +26,17 @@ if [ "$(id -u)" = 0 ]; then
     fi
 fi
 
-# beside it, the tests that mostly wait out a timeout or a sleep (-m waits): little CPU either
+# beside it, the tests that mostly wait out a timeout or a sleep (-m waits): little CPU either;
+# and the guide's commands (-m docs): the SLURM group leaves the CPU idle most of its time
 # --durations: the slowest tests and their times, so the 15-minute budget stays visible
-"$PY" -m pytest -q -m "slurm or waits" --basetemp="$TMP/slurm" -p no:cacheprovider \
+"$PY" -m pytest -q -m "slurm or waits or docs" --basetemp="$TMP/slurm" -p no:cacheprovider \
     --durations=10 "$@" \
     >"$TMP/slurm.log" 2>&1 &
 slurm_pid=$!
-"$PY" -m pytest -q -m "not slurm and not waits" --basetemp="$TMP/main" --durations=25 "$@"
+"$PY" -m pytest -q -m "not slurm and not waits and not docs" --basetemp="$TMP/main" --durations=25 "$@"
 main_status=$?
 wait "$slurm_pid" || slurm_status=$?
-echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster) and the waiting tests"
+echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster), the waiting tests, the guide's commands"
 cat "$TMP/slurm.log"
 # pytest exits 5 when a group selected no test (e.g. a file filter outside it): not a failure
 [ "$slurm_status" = 5 ] && slurm_status=0

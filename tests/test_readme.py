@@ -1,4 +1,5 @@
-"""The README's "Your own model, data and task" section, followed literally as a new user would.
+"""The guide's "Your own model, data and task" section (``docs/guide/own-model.md``, once the
+README's), followed literally as a new user would.
 
 Its code blocks are written into an empty project directory, at the paths their first comment
 names, and its commands are run there. A second test pins every block to the file of the same
@@ -16,15 +17,17 @@ import pytest
 from helpers import ROOT, run_cli
 from omegaconf import OmegaConf
 
-HEADING = "### Your own model, data and task"
+PAGE = ROOT / "docs" / "guide" / "own-model.md"
+HEADING = "# Your own model, data and task"
 EXAMPLE = ROOT / "examples" / "own_model"
 # "# mypkg/nets.py" or "# conf/task/x.yaml (...)": a relative path first on a comment line
 PATH_COMMENT = re.compile(r"#\s*([\w.-]+(?:/[\w.-]+)*\.(?:py|yaml))(?:\s|$)")
 
 
 def section() -> str:
-    """The section's text, from its heading to the next ``##``/``###`` heading outside code."""
-    lines = (ROOT / "README.md").read_text().splitlines(keepends=True)
+    """The section's text: from the page's title to its first ``##``/``###`` heading outside
+    code (the page's later sections are not part of the example)."""
+    lines = PAGE.read_text().splitlines(keepends=True)
     start = lines.index(HEADING + "\n") + 1
     in_code = False
     for end in range(start, len(lines)):
@@ -37,7 +40,9 @@ def section() -> str:
 
 def blocks() -> list[tuple[str, str]]:
     """``(language, text)`` of each fenced block of the section, in order."""
-    return re.findall(r"^```(\w*)\n(.*?)^```$", section(), flags=re.M | re.S)
+    found = re.findall(r"^```(\w*)\n(.*?)^```$", section(), flags=re.M | re.S)
+    assert found, f"no code block under {HEADING!r} in {PAGE}"
+    return found
 
 
 def files() -> dict[str, str]:
@@ -78,7 +83,7 @@ def test_the_section_shows_every_file_of_the_example_as_it_is():
     shown = files()
     assert sorted(shown) == sorted(example_files())
     for path, text in example_files().items():
-        assert shown[path] == text, f"README's block for {path} differs from examples/own_model"
+        assert shown[path] == text, f"{PAGE.name}: the block of {path} differs from the example"
 
 
 def test_the_section_runs_the_group_options_and_a_class_override():
