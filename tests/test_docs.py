@@ -46,6 +46,7 @@ PAGES = [
     "multi-node.md",
     "slurm.md",
     "checkpoints.md",
+    "fsdp.md",
     "metrics.md",
     "benchmarks.md",
     "tools.md",
