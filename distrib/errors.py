@@ -27,7 +27,13 @@ class ConfigError(ValueError):
         super().__init__(message)
 
 
+ALLOWED: dict[str, str] = {}
+"""What each checked key accepts, in its check's own words (``trainer.epochs``: ``an integer
+>= 1``), recorded by every `check`: a value of the wrong type is refused in the same words."""
+
+
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise a `ConfigError` naming ``key`` unless ``ok``; the ``__post_init__`` helper."""
+    ALLOWED[key] = allowed
     if not ok:
         raise ConfigError(key, value, allowed)

@@ -19,11 +19,25 @@ def test_defaults_compose_into_the_schema():
     [
         ("optim.lr=abc", "optim.lr='abc': expected float (torch.optim.AdamW)"),
         ("trainer.epochs=-1", "trainer.epochs=-1: expected an integer >= 1"),
+        # a value of the wrong type, in the words of the key's own range check
+        ("trainer.epochs=three", "trainer.epochs='three': expected an integer >= 1"),
+        ("trainer.deterministic=maybe", "trainer.deterministic='maybe': expected true or false"),
+        ("trainer.seed=x", "trainer.seed='x': expected an integer"),
+        ("trainer.foo=1", "trainer.foo: unknown key (known keys: epochs, max_steps,"),
+        # +key into a schema node is refused as the plain key is, with the nearest known one
+        ("+trainer.epoch=3", "trainer.epoch: unknown key; did you mean trainer.epochs? (known"),
+        ("trainer.epoch=3", "trainer.epoch: unknown key; did you mean trainer.epochs? (known"),
         (
-            "trainer.epochs=abc",
-            "trainer.epochs: Value 'abc' of type 'str' could not be converted to Integer",
+            "+trainer.checkpoint.evry_steps=3",
+            "trainer.checkpoint.evry_steps: unknown key; did you mean "
+            "trainer.checkpoint.every_steps? (known keys: every_steps, every_epoch, keep_last,",
         ),
-        ("trainer.foo=1", "trainer.foo: unknown key; known keys: epochs, max_steps,"),
+        # a module that imports but lacks the name: what it defines, not "fix PYTHONPATH"
+        (
+            "model._target_=distrib.models.TinyGTP",
+            "model._target_=distrib.models.TinyGTP: distrib.models has no TinyGTP; did you "
+            "mean distrib.models.TinyGPT? (it defines: MLP, SmallCNN, TinyGPT)",
+        ),
         # a misspelt argument: the nearest name, not "+model.hiden=..." (which fails next)
         (
             "model.widht=3",
@@ -63,7 +77,10 @@ def test_defaults_compose_into_the_schema():
             "'nope'); run from the directory that holds its package, add that directory to "
             "PYTHONPATH, or pip install -e your project",
         ),
-        ("task._target_=distrib.tasks.Nope", "task._target_=distrib.tasks.Nope: cannot import it"),
+        (
+            "task._target_=distrib.tasks.Nope",
+            "task._target_=distrib.tasks.Nope: distrib.tasks has no Nope (it defines: ",
+        ),
         ("optim.lr=-1", "optim (torch.optim.AdamW): Invalid learning rate: -1"),
         ("launcher.nproc=0", "launcher.nproc=0: expected an integer >= 1"),
         ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32 or bf16"),

@@ -12,13 +12,19 @@ import datetime as _dt
 import os
 import typing
 from dataclasses import fields
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from distrib.config.schema import Config
 from distrib.config.targets import unknown_argument
-from distrib.errors import ConfigError
+from distrib.errors import ALLOWED, ConfigError
 
 
 def run_id(environ: typing.Mapping[str, str] | None = None, *, rdzv_id: str | None = None) -> str:
@@ -63,6 +69,7 @@ def to_config(cfg: DictConfig | dict) -> Config:
     try:
         if not isinstance(cfg, DictConfig) or OmegaConf.get_type(cfg) is not Config:
             cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        _refuse_unknown_keys(cfg)
         obj = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
@@ -72,6 +79,55 @@ def to_config(cfg: DictConfig | dict) -> Config:
         raise describe(e) from None
     assert isinstance(obj, Config)
     return obj
+
+
+def _refuse_unknown_keys(node: DictConfig, prefix: str = "") -> None:
+    """A key the schema does not have, in a schema node: ``+trainer.epoch=3`` is added by
+    hydra's ``+`` even into a typed node, and would be stored and ignored; refuse it as
+    ``trainer.epoch=3`` is. (``_target_`` nodes are free-form: their keys are checked against
+    the target's signature instead.)"""
+    kind = OmegaConf.get_type(node)
+    known = [f.name for f in fields(kind)] if hasattr(kind, "__dataclass_fields__") else None
+    for key in node:
+        name = f"{prefix}{key}"
+        if known is not None and key not in known:
+            raise ConfigError(name, message=unknown_key(name, known))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and hasattr(
+            OmegaConf.get_type(child), "__dataclass_fields__"
+        ):
+            _refuse_unknown_keys(child, f"{name}.")
+
+
+_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _field_type(cause: Any, key: str) -> str:
+    """The schema's type of ``key`` (its dataclass field's annotation), as a name."""
+    kind = getattr(cause, "object_type", None)
+    name = key.rpartition(".")[2]
+    for f in fields(kind) if hasattr(kind, "__dataclass_fields__") else ():
+        if f.name == name:
+            return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return getattr(getattr(cause, "ref_type", None), "__name__", "value")
+
+
+def _allowed(key: str, kind: str) -> str:
+    """What ``key`` accepts, in the words of its own range check (``an integer >= 1``) when the
+    schema has one, else its type's: ``trainer.epochs='three'`` is refused as ``=-1`` is."""
+    if key not in ALLOWED:
+        Config()  # every default runs its __post_init__ checks, recording their words
+    return ALLOWED.get(key) or _TYPES.get(kind, f"a value of type {kind}")
+
+
+def unknown_key(key: str, known: list[str]) -> str:
+    """``trainer.epoch: unknown key; did you mean trainer.epochs? (known keys: ...)``."""
+    import difflib
+
+    parent, _, name = key.rpartition(".")
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {parent + '.' if parent else ''}{near[0]}?" if near else ""
+    return f"{key}: unknown key{hint} (known keys: {', '.join(known)})"
 
 
 def describe(e: BaseException) -> ConfigError:
@@ -86,19 +142,18 @@ def describe(e: BaseException) -> ConfigError:
         first = str(getattr(cause, "msg", cause)).splitlines()[0]
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
             obj = getattr(cause, "object_type", None)
-            known = (
-                ", ".join(f.name for f in fields(obj))
-                if hasattr(obj, "__dataclass_fields__")
-                else ""
-            )
+            known = [f.name for f in fields(obj)] if hasattr(obj, "__dataclass_fields__") else []
             parent = getattr(cause, "parent_node", None)
             if not known and isinstance(parent, DictConfig) and "_target_" in parent:
                 node = OmegaConf.to_container(parent, resolve=False)
                 said = unknown_argument(key.rpartition(".")[0], node, key.rpartition(".")[2])
                 if said:
                     return ConfigError(key, message=said)
-            hint = f"; known keys: {known}" if known else f"; to add a new key use +{key}=..."
-            return ConfigError(key, message=f"{key}: unknown key{hint}")
+            if known:
+                return ConfigError(key, message=unknown_key(key, known))
+            return ConfigError(key, message=f"{key}: unknown key; to add a new key use +{key}=...")
+        if isinstance(cause, ValidationError) and getattr(cause, "value", None) is not None:
+            return ConfigError(key, cause.value, _allowed(key, _field_type(cause, key)))
         return ConfigError(key, message=f"{key}: {first}")
     text = str(e).split("\nConfig search path", 1)[0]  # hydra appends its whole search path
     return ConfigError("config", message=" ".join(text.replace("\t", " ").split()))

@@ -153,11 +153,35 @@ def import_failure(key: str, target: object, error: BaseException) -> str:
     cause = error
     while cause.__cause__ is not None:
         cause = cause.__cause__
+    if isinstance(cause, AttributeError):  # the module imports; the name is not in it
+        said = _missing_name(key, str(target))
+        if said:
+            return said
     why = f"{type(cause).__name__}: {cause}" if str(cause) != str(target) else "not found"
     return (
         f"{key}={target}: cannot import it ({why}); run from the directory that holds its "
         "package, add that directory to PYTHONPATH, or pip install -e your project"
     )
+
+
+def _missing_name(key: str, target: str) -> str | None:
+    """``distrib.models.ResNet9000``: the module is there, so the path is not the problem;
+    name what the module does define, the nearest first."""
+    import difflib
+
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    defined = sorted(
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_") and getattr(v, "__module__", None) == module_name
+    )
+    near = difflib.get_close_matches(name, defined, n=1, cutoff=0.5)
+    hint = f"; did you mean {module_name}.{near[0]}?" if near else ""
+    return f"{key}={target}: {module_name} has no {name}{hint} (it defines: {', '.join(defined)})"
 
 
 def unknown_argument(key: str, node: dict, name: str) -> str | None:
