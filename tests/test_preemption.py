@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,12 +139,18 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path: Path, nproc:
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 130, err[-3000:]
     assert err == ""  # no traceback, from any worker
-    last = out.strip().splitlines()[-1]
+    said, resume = out.strip().splitlines()[-2:]
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     step = int(latest[5:13])
-    assert last == (
-        f"distrib: interrupted: checkpoint at step {step} written in {run_dir}/checkpoints; "
-        "run the same command to resume (Ctrl-C twice stops without saving)"
+    assert said == (
+        f"distrib: interrupted: checkpoint at step {step} written in {run_dir}/checkpoints "
+        "(Ctrl-C twice stops without saving)"
+    )
+    # the default run directory is new on every launch: the exact command, with its own
+    overrides = [a for a in proc.args[3:] if not a.startswith("hydra.run.dir=")]
+    assert resume == (
+        f"distrib: to resume: python -m distrib.train {shlex.join(overrides)} "
+        f"hydra.run.dir={run_dir}"
     )
     saved = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
     assert saved == [f"step-{step:08d}.pt"] and step > 0  # the interrupt's, and only it

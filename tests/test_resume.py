@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, start, train_cli
+from helpers import ROOT, run_cli, start, train_cli
 
 PY = sys.executable
 STEPS_PER_EPOCH = 16  # 512 training samples of fixtures.Recorded / global batch 32
@@ -157,6 +158,14 @@ def test_sigterm_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path):
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     step = int(latest[5:13])
     assert 3 <= step < 3 * STEPS_PER_EPOCH
-    res = train(run_dir, "trainer.epochs=3")
+    # the printed command, run as written from another directory, resumes and finishes
+    prefix = "distrib: to resume: "
+    [said] = [ln for ln in err.splitlines() if ln.startswith(prefix)]
+    assert said.endswith(f"hydra.run.dir={run_dir}"), said
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = run_cli(*shlex.split(said.removeprefix(prefix)), cwd=elsewhere)
+    assert res.returncode == 0, res.stderr[-3000:]
     assert f"resumed from {run_dir}/checkpoints/{latest}: epoch" in res.stdout
     assert f"step {step}," in res.stdout
+    assert not (elsewhere / "outputs").exists()

@@ -387,3 +387,31 @@ def test_data_the_trainer_cannot_use_is_one_line(tmp_path: Path, target, nproc, 
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert expected in last, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_failure_after_a_checkpoint_prints_the_command_that_resumes_it(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    overrides = [
+        *SMALL_RUN,
+        "trainer.checkpoint.every_steps=4",
+        "+data.train.kill_rank=1",
+        "+data.train.kill_at=145",
+    ]  # fmt: skip  (rank 1's 145th sample: step 10)
+    res = train_cli(run_dir, *overrides)
+    assert res.returncode == 1
+    *_, resume, error = res.stderr.strip().splitlines()
+    assert error == "distrib: error: worker rank 1 was killed by SIGKILL"
+    import shlex
+
+    # train_cli puts launcher.nproc=2 first and hydra.run.dir second: the run's own overrides
+    own = shlex.join(["launcher.nproc=2", *overrides])
+    assert resume == f"distrib: to resume: python -m distrib.train {own} hydra.run.dir={run_dir}"
+
+
+@pytest.mark.slow
+def test_a_failure_before_any_checkpoint_promises_no_resume(tmp_path: Path):
+    res = train_cli(
+        tmp_path / "run", *SMALL_RUN, "+data.train.kill_rank=1", "+data.train.kill_at=20"
+    )
+    assert res.returncode == 1 and "to resume" not in res.stderr + res.stdout

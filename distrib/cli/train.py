@@ -165,7 +165,19 @@ def _task(cfg: Any) -> Any:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         group = Path(hydra_cfg.sweep.dir).as_posix().strip("/").replace("/", "-")
     said = _say_run_dir(run_dir)
-    result = run(values, run_cfg, run_dir, group)  # type: ignore[arg-type]
+    secrets = config_secrets(values) | secret_values()
+    overrides = list(hydra_cfg.overrides.task)
+
+    def resume() -> str | None:
+        from distrib.cli import resume_hint
+        from distrib.env import is_worker
+
+        if not said or not resume_hint.has_checkpoint(run_dir):
+            return None
+        command = resume_hint.command(overrides, run_dir, secrets, in_place=is_worker())
+        return f"distrib: to resume: {command}"
+
+    result = run(values, run_cfg, run_dir, group, resume=resume)  # type: ignore[arg-type]
     if said:
         print(f"distrib: done: {_shown(run_dir)} (checkpoints/, metrics.jsonl, logs/)", flush=True)
     return result
@@ -188,14 +200,27 @@ def _say_run_dir(run_dir: Path) -> bool:
     return True
 
 
-def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, Any]:
-    """Train in place if this process is a worker (or one is enough), else launch workers."""
+def _say(resume: Any, stream: Any) -> None:
+    """The exact resume command, when there is a checkpoint to resume from."""
+    line = resume()
+    if line:
+        print(line, file=stream, flush=True)
+
+
+def run(
+    values: dict, cfg: Any, run_dir: Path, group: str | None = None, resume: Any = lambda: None
+) -> dict[str, Any]:
+    """Train in place if this process is a worker (or one is enough), else launch workers.
+
+    ``resume()`` is the line with the exact command that resumes this run (or None): said after
+    a stop that saved (Ctrl-C, SIGTERM: exit 130/75) and before the error line of a failure.
+    """
     from distrib.env import is_slurm_step, is_worker
     from distrib.trainer.loop import fit, worker_entry
 
     if is_worker() or cfg.launcher.in_place:
         if not is_slurm_step(os.environ):
-            return _in_place(fit, cfg, run_dir, group)
+            return _in_place(fit, cfg, run_dir, group, resume)
         from distrib.cli.slurm_tasks import train_task
 
         return train_task(values, str(run_dir), group)  # srun, hydra's submitit: meet, train
@@ -211,9 +236,11 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         )
     except WorkerFailed as e:
         if e.exitcode in (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE):  # they agreed to stop, saved
+            _say(resume, sys.stdout)
             sys.exit(e.exitcode)
         if e.traceback.strip():
             print(e.traceback.rstrip(), file=sys.stderr)
+        _say(resume, sys.stderr)
         print(f"distrib: error: {e}", file=sys.stderr)
         sys.exit(1)
     except RendezvousFailed as e:
@@ -224,26 +251,37 @@ def run(values: dict, cfg: Any, run_dir: Path, group: str | None = None) -> dict
         # with 75 ("requeue me"); otherwise 128 + the signal, as a killed process. Ctrl-C
         # after a checkpoint: rank 0 has said so in one line already.
         if e.saved and e.signum == signal.SIGINT:
+            _say(resume, sys.stdout)
             sys.exit(INTERRUPT_EXIT_CODE)
         print(f"distrib: {e}", file=sys.stderr)
+        if e.saved or e.requeue:
+            _say(resume, sys.stderr)
         sys.exit(REQUEUE_EXIT_CODE if e.requeue else 128 + e.signum)
     return results[min(results)]
 
 
-def _in_place(fit: Any, cfg: Any, run_dir: Path, group: str | None) -> dict[str, Any]:
+def _in_place(
+    fit: Any, cfg: Any, run_dir: Path, group: str | None, resume: Any = lambda: None
+) -> dict[str, Any]:
     """Train in this process; a failure ends like a launched worker's: its traceback, then one
     ``distrib:`` line -- not hydra's "Error executing job" paragraph."""
     import traceback
 
     from distrib.errors import ConfigError
+    from distrib.trainer.preemption import INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
 
     try:
         return fit(cfg, run_dir, group=group)
     except ConfigError as e:
         _fail(e)
+    except SystemExit as e:  # stopped by a signal, after a save
+        if e.code in (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE):
+            _say(resume, sys.stdout)
+        raise
     except Exception as e:
         traceback.print_exc()
         said = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
+        _say(resume, sys.stderr)
         _fail_run(f"{type(e).__name__}: {said}" if said else type(e).__name__)
     raise AssertionError("unreachable")
 

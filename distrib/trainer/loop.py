@@ -264,11 +264,11 @@ def _train(
         if preempted:
             run.save()
             run.ckpt.close()
-            if flag.interrupted:  # Ctrl-C: one line, and the same command resumes
+            if flag.interrupted:  # Ctrl-C: one line (the CLI adds the command that resumes)
                 if run.ctx.is_main:
                     log.warning(
-                        "distrib: interrupted: checkpoint at step %d written in %s; run the same "
-                        "command to resume (Ctrl-C twice stops without saving)",
+                        "distrib: interrupted: checkpoint at step %d written in %s "
+                        "(Ctrl-C twice stops without saving)",
                         run.state.step,
                         run.ckpt.directory,
                     )
