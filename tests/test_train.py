@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, SMALL_RUN, run_cli, start, train_cli, wait_gone
 
+from distrib.loggers.jsonl import read_jsonl
+
 PY = sys.executable
 FAST = ["trainer.epochs=1", "trainer.log_every=100"]
 
@@ -199,7 +201,7 @@ def uninterrupted_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_step", [4, 41])  # before any save; in the last epoch
+@pytest.mark.parametrize("kill_step", [4, 39])  # before any save; last epoch, step 36 logged
 def test_sigkill_of_a_worker_restarts_the_group_and_resumes_bit_exact(
     tmp_path: Path, kill_step: int, uninterrupted_state: dict
 ):
@@ -215,9 +217,27 @@ def test_sigkill_of_a_worker_restarts_the_group_and_resumes_bit_exact(
         "+data.train.kill_rank=1",
         "+data.train.kill_attempt=0",
         f"+data.train.kill_at={16 * (kill_step - 1) + 1}",  # 16 samples per rank and step
+        "logger=[jsonl,wandb]",
+        env={"WANDB_MODE": "offline"},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert (seen / "train-rank1-attempt1").exists()  # it saw TORCHELASTIC_RESTART_COUNT=1
+    # the restart is said, in one line on the launcher's stderr
+    said = "distrib: rank 1 was killed by SIGKILL; restart 1 of 1: the workers start again"
+    assert said in res.stderr.splitlines(), res.stderr[-2000:]
+    # the abandoned attempt's rows past the resumed checkpoint are set aside: steps only grow
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 48
+    # and so are wandb's, over both attempts' offline runs (one run id, resumed)
+    from wandb_reader import read_history
+
+    logged = [
+        h["_step"]
+        for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        for h in read_history(path)
+        if "loss" in h
+    ]
+    assert logged == sorted(set(logged)) and logged[-1] == 48, logged
     saves = [*range(5, 48, 5), 16, 32]  # every_steps=5, and each epoch's end
     saved = max((s for s in saves if s < kill_step), default=0)
     if saved:

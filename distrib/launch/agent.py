@@ -17,9 +17,11 @@ users work around by hand:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +162,26 @@ def _make_agent_class() -> type:
 
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
+            self._last_result = result
             codes = [f.exitcode for f in [*result.failures.values(), *self.ended_first]]
             if result.is_failed() and any(c in SAVED_EXIT_CODES for c in codes):
                 self._remaining_restarts = 0  # saved and stopped on purpose: not a crash to retry
             return result
+
+        def _restart_workers(self, worker_group: Any) -> None:
+            """One line per restart, on the launcher's stderr: which rank ended how, and which
+            restart this is (torch logs it at INFO only; the run seemed to just go on)."""
+            result = getattr(self, "_last_result", None)
+            if result is not None and result.is_failed():
+                failure = self.first_failure(result)
+                cause = str(dataclasses.replace(failure, max_restarts=0))  # no "no restarts left"
+                print(
+                    f"distrib: {cause.removeprefix('worker ')}; restart {self.restarts_done} of "
+                    f"{self._worker_group.spec.max_restarts}: the workers start again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            super()._restart_workers(worker_group)
 
         def _stop_workers(self, worker_group: Any) -> None:
             self._shutdown(timeout=max(1, int(self.failure_grace_s)))

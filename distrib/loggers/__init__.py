@@ -54,7 +54,8 @@ def make_loggers(
 
     Names are checked on every rank, so a typo fails the whole job the same way. ``config`` is
     the resolved config (wandb stores it, redacted); ``group`` groups a sweep's runs in wandb;
-    ``start_step`` is where a resumed job starts, so the progress bar's ETA is right.
+    ``start_step`` is where a resumed job starts: the progress bar's ETA counts from it, and
+    rows an abandoned attempt logged past it are set aside (JSONL) or not sent twice (wandb).
     """
     names = list(names)
     for name in names:
@@ -71,11 +72,15 @@ def make_loggers(
         elif name == "jsonl":
             from distrib.loggers.jsonl import JsonlLogger
 
-            loggers.append(JsonlLogger(Path(run_dir) / "metrics.jsonl"))
+            loggers.append(JsonlLogger(Path(run_dir) / "metrics.jsonl", start_step=start_step))
         else:
             from distrib.loggers.wandb import WandbLogger
 
-            loggers.append(WandbLogger(run_dir=Path(run_dir), config=config, group=group))
+            loggers.append(
+                WandbLogger(
+                    run_dir=Path(run_dir), config=config, group=group, start_step=start_step
+                )
+            )
     return loggers
 
 

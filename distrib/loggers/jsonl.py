@@ -1,9 +1,11 @@
 """Metrics as JSON lines: ``<run_dir>/metrics.jsonl``, one object per log call.
 
-The file is opened for appending, so a resumed job continues the same file; a reader keeps the
-last row per ``step`` (steps logged after the last checkpoint of a failed attempt are logged
-again by the resumed one). Each line is flushed when written, so ``tail -f`` and a crash both
-see every row that was logged. Non-finite numbers are written as ``null``: strict JSON readers
+The file is opened for appending, so a resumed job continues the same file. A job resumed from
+step S first moves the rows past S -- logged by the attempt that was abandoned after its last
+checkpoint, and about to be logged again -- to ``metrics.abandoned.jsonl`` beside it, so the
+file's steps only grow and every reader (a plot, the sweep table) reads one clean history.
+Each line is flushed when written, so ``tail -f`` and a crash both see every row that was
+logged. Non-finite numbers are written as ``null``: strict JSON readers
 (``jq``, browsers) reject ``NaN``.
 """
 
@@ -15,13 +17,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+ABANDONED = "metrics.abandoned.jsonl"
+
 
 class JsonlLogger:
-    """Appends ``{"step": step, **metrics}`` to ``path`` (created with its parent folders)."""
+    """Appends ``{"step": step, **metrics}`` to ``path`` (created with its parent folders);
+    ``start_step``: where this job resumed (rows past it are moved aside first)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, start_step: int = 0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            set_aside_after(self.path, start_step)
         self._file = self.path.open("a", encoding="utf-8")
         if self._file.tell() > 0 and not _ends_with_newline(self.path):
             self._file.write("\n")  # a killed job may have left half a line: start a fresh one
@@ -34,6 +41,22 @@ class JsonlLogger:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def set_aside_after(path: Path, step: int) -> int:
+    """Move the rows of ``path`` past ``step`` to `ABANDONED` beside it (appended there, so
+    nothing is lost), atomically; return how many moved."""
+    rows = read_jsonl(path)
+    later = [r for r in rows if isinstance(r.get("step"), int) and r["step"] > step]
+    if not later:
+        return 0
+    kept = [r for r in rows if r not in later]
+    with (path.parent / ABANDONED).open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in later)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(path)
+    return len(later)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

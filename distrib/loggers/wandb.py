@@ -11,6 +11,10 @@ never pays for (or needs) the package.
   it and continues the same run with ``resume="allow"``.
 - Files: ``dir=<run_dir>``, so everything wandb writes sits under ``<run_dir>/wandb``.
 - Config: the resolved config with secrets redacted (`distrib.secrets.redact`).
+- Steps only grow: wandb drops (and warns about) a step lower than one it has. A job resumed
+  from step S after an attempt that logged up to L > S (it died after its last checkpoint)
+  sends nothing for S+1..L -- wandb keeps the abandoned attempt's values there, and says so
+  once -- and goes on from L+1. The last step sent lives in ``<run_dir>/wandb_last_step``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from distrib.secrets import config_secrets, redact, scrub, secret_values
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id"
+LAST_STEP_FILE = "wandb_last_step"
 
 
 def wandb_mode(environ: Mapping[str, str] | None = None) -> str:
@@ -61,11 +66,26 @@ class WandbLogger:
         config: Mapping[str, Any],
         group: str | None = None,
         project: str | None = None,
+        start_step: int = 0,
     ) -> None:
         import wandb
 
         run_dir = Path(run_dir)
         self.run_id = run_id(run_dir)
+        self._last_file = run_dir / LAST_STEP_FILE
+        try:
+            self._last = int(self._last_file.read_text().strip())
+        except (OSError, ValueError):
+            self._last = -1
+        if self._last > start_step:
+            log.warning(
+                "wandb: steps %d-%d were logged by the attempt that was abandoned after its last "
+                "checkpoint; wandb keeps those (its steps only grow) and gets this run's from "
+                "step %d on",
+                start_step + 1,
+                self._last,
+                self._last + 1,
+            )
         # wandb stores the command line (sys.argv) with the run: never a secret given there
         argv, secrets = list(sys.argv), config_secrets(dict(config)) | secret_values()
         sys.argv[:] = [scrub(a, secrets) for a in argv]
@@ -98,8 +118,13 @@ class WandbLogger:
         )
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if step < self._last or (step == self._last and "loss" in metrics):
+            return  # wandb has this step already (an abandoned attempt's); steps only grow
         row = {k: v for k, v in metrics.items() if k != "step"}  # wandb keeps its own step
         self._run.log(row, step=step)
+        if step != self._last:
+            self._last = step
+            self._last_file.write_text(f"{step}\n")
 
     def close(self) -> None:
         """Finish the run and wait until wandb has written all of it.
