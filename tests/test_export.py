@@ -43,8 +43,8 @@ sys.modules["distrib"] = None  # distrib is installed in this venv: make any imp
 import torch
 path, fmt = sys.argv[1], sys.argv[2]
 m = torch.jit.load(path) if fmt == "torchscript" else torch.export.load(path).module()
-x = torch.linspace(0, 1, 64).reshape(1, 1, 8, 8)
-torch.save(m(x).detach(), sys.argv[3])
+x = torch.linspace(0, 1, 5 * 64).reshape(5, 1, 8, 8)
+torch.save([m(x[:1]).detach(), m(x).detach()], sys.argv[3])  # any batch size, not only 1
 """
 
 
@@ -77,8 +77,31 @@ def test_an_exported_model_loads_without_distrib_and_gives_the_same_outputs(
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = build(state["config"]["model"])
     model.load_state_dict(state["model"])
-    expected = model.eval()(torch.linspace(0, 1, 64).reshape(1, 1, 8, 8)).detach()
-    torch.testing.assert_close(torch.load(out), expected, atol=1e-6, rtol=0)
+    x = torch.linspace(0, 1, 5 * 64).reshape(5, 1, 8, 8)
+    one, five = torch.load(out)
+    torch.testing.assert_close(one, model.eval()(x[:1]).detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(five, model.eval()(x).detach(), atol=1e-6, rtol=0)
+
+
+def test_a_run_directory_exports_its_best_checkpoint_unless_told_the_latest(
+    run_dir: Path, tmp_path: Path
+):
+    from distrib.checkpoint import Checkpointer
+
+    src = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(src, weights_only=True)
+    ckpts = Checkpointer(tmp_path / "run" / "checkpoints", keep_last=3, best_metric="eval_acc")
+    for step, acc in ((1, 0.5), (2, 0.9), (3, 0.7)):  # the best is not the newest
+        ckpts.save(state, step=step, epoch=step, metrics={"eval_acc": acc})
+    for which, name, why in (
+        ([], "step-00000002.pt", "the best by eval_acc (max): 0.9"),
+        (["--which", "latest"], "step-00000003.pt", "the newest good checkpoint"),
+    ):
+        out = tmp_path / f"{name}.pt"
+        res = run_cli(PY, "-m", "distrib", "convert", str(tmp_path / "run"), "--out", str(out),
+                      *which)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().endswith(f"checkpoints/{name}: {why})"), res.stdout
 
 
 def test_a_bad_checkpoint_path_is_one_line_exit_2(tmp_path: Path):

@@ -22,9 +22,13 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("checkpoint", type=Path, help="a checkpoint (file or .dcp) or a run directory")
     p.add_argument("--out", type=Path, required=True, help="the file to write")
+    p.add_argument(
+        "--which", choices=("best", "latest"), default="best",
+        help="of a run directory: its best checkpoint (default) or the newest",
+    )  # fmt: skip
     args = p.parse_args(argv)
     try:
-        path = resolve(args.checkpoint)
+        path, why = resolve(args.checkpoint, args.which)
         state, _ = weights(path)
         if not args.out.parent.is_dir():
             raise ExportError(f"--out {args.out}: no such directory {args.out.parent}", 2)
@@ -32,5 +36,5 @@ def main(argv: list[str]) -> int:
         print(f"distrib: error: {e}", file=sys.stderr)
         return e.code
     save_atomic(dict(state), args.out)
-    print(f"distrib: wrote {args.out} ({len(state)} tensors of {path})")
+    print(f"distrib: wrote {args.out} ({len(state)} tensors of {path}: {why})")
     return 0

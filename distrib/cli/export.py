@@ -31,20 +31,51 @@ class ExportError(Exception):
         self.code = code
 
 
-def resolve(path: Path) -> Path:
-    """A checkpoint (a file, or a sharded one's directory), or a run directory's newest good
-    checkpoint (what a resume loads)."""
+def resolve(path: Path, which: str = "best") -> tuple[Path, str]:
+    """A checkpoint (a file, or a sharded one's directory), or one of a run directory's: its
+    best by the run's ``trainer.checkpoint.best_metric`` when one was recorded (``which=best``,
+    the default: what a user ships), else -- or with ``which=latest`` -- the newest good one (what
+    a resume loads). Returns the path and why it was picked, for the output line."""
     if path.is_file() or (path.suffix == ".dcp" and path.is_dir()):
-        return path
+        return path, "as given"
     if not path.is_dir():
         raise ExportError(f"{path}: no such checkpoint file or run directory", 2)
     from distrib.checkpoint import Checkpointer
 
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = Checkpointer(directory, enabled=False).latest_good()
+    ckpt = Checkpointer(directory, enabled=False)
+    found = ckpt.latest_good()
     if found is None:
         raise ExportError(f"{path}: no good checkpoint in {directory}", 2)
-    return found[1]
+    if which == "best":
+        best = _best(directory, found[0].get("config") or {})
+        if best is not None:
+            return best
+    return found[1], "the newest good checkpoint"
+
+
+def _best(directory: Path, config: dict[str, Any]) -> tuple[Path, str] | None:
+    """The manifest's best good checkpoint by the run's best_metric/best_mode, if any."""
+    from distrib.checkpoint.checkpointer import load_any
+    from distrib.checkpoint.files import CheckpointError, read_manifest
+
+    policy = (config.get("trainer") or {}).get("checkpoint") or {}
+    metric, mode = policy.get("best_metric"), policy.get("best_mode", "max")
+    if not metric:
+        return None
+    entries = read_manifest(directory)
+    scored = [
+        (e["metrics"][metric], n)
+        for n, e in entries.items()
+        if not e.get("bad") and (e.get("metrics") or {}).get(metric) is not None
+    ]
+    for value, name in sorted(scored, reverse=mode == "max"):
+        try:
+            load_any(directory / name, entries[name])  # verified, as a resume would
+        except CheckpointError:
+            continue
+        return directory / name, f"the best by {metric} ({mode}): {value:g}"
+    return None
 
 
 def weights(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,13 +146,24 @@ def export(model: Any, example: Any, fmt: str, out: Path) -> None:
                 with torch.no_grad():
                     torch.jit.save(torch.jit.trace(model, example), str(tmp))
             else:
-                torch.export.save(torch.export.export(model, (example,)), str(tmp))
+                torch.export.save(_export_any_batch(model, example), str(tmp))
     except Exception as e:
         tmp.unlink(missing_ok=True)
         other = "exported" if fmt == "torchscript" else "torchscript"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(f"{fmt} export failed: {first}; try --format {other}", 1) from None
     os.replace(tmp, out)
+
+
+def _export_any_batch(model: Any, example: Any) -> Any:
+    """``torch.export`` with the batch dimension dynamic: the program takes any batch size,
+    not only the example's (torch specialises a size of 1, so the example is traced at 2)."""
+    import torch
+
+    if example.shape[0] == 1:
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
 @contextlib.contextmanager
@@ -191,10 +233,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--format", choices=sorted(FORMATS), default="torchscript")
     p.add_argument("--example-input-shape", help="e.g. 1,1,8,8 (default: one eval sample)")
     p.add_argument("--out", type=Path, help="default: next to the checkpoint")
+    p.add_argument(
+        "--which", choices=("best", "latest"), default="best",
+        help="of a run directory: the best checkpoint by its best_metric (default, when one "
+        "was recorded) or the newest good one",
+    )  # fmt: skip
     args = p.parse_args(argv)
     try:
         shape = _shape(args.example_input_shape)
-        path = resolve(args.checkpoint)
+        path, why = resolve(args.checkpoint, args.which)
         model, config = load(path)
         example = example_input(config, shape)
         out = args.out or path.with_name(path.stem + FORMATS[args.format])
@@ -205,5 +252,5 @@ def main(argv: list[str]) -> int:
         print(f"distrib: error: {e}", file=sys.stderr)
         return e.code
     meta = _write_meta(out, args.format, example, path)
-    print(f"distrib: wrote {out} ({args.format}) and {meta}")
+    print(f"distrib: wrote {out} ({args.format}) and {meta}, from {path.name} ({why})")
     return 0
