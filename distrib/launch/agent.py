@@ -26,6 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from distrib.launch.rendezvous_errors import (
+    Captured,
+    captured_stderr,
+    describe,
+    is_rendezvous_error,
+)
+
 REQUEUE_EXIT_CODE = 75  # the worker side's preemption.REQUEUE_EXIT_CODE (no import: other side)
 INTERRUPT_EXIT_CODE = 130  # ... and its INTERRUPT_EXIT_CODE: Ctrl-C, checkpoint written
 SAVED_EXIT_CODES = (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE)
@@ -116,6 +123,7 @@ def _make_agent_class() -> type:
             self.failure_grace_s = failure_grace_s
             self.exit_codes: dict[int, int | None] = {}
             self.ended_first: list[Any] = []  # failures seen before anything was torn down
+            self.captured = Captured()  # what the last rendezvous printed to fd 2
 
         @property
         def restarts_done(self) -> int:
@@ -167,6 +175,11 @@ def _make_agent_class() -> type:
             if result.is_failed() and any(c in SAVED_EXIT_CODES for c in codes):
                 self._remaining_restarts = 0  # saved and stopped on purpose: not a crash to retry
             return result
+
+        def _rendezvous(self, worker_group: Any) -> None:
+            with captured_stderr() as self.captured:  # the nodes meet: C++ warnings, quieted
+                super()._rendezvous(worker_group)
+            sys.stderr.write(self.captured.without_frames())
 
         def _restart_workers(self, worker_group: Any) -> None:
             """One line per restart, on the launcher's stderr: which rank ended how, and which
@@ -319,8 +332,11 @@ def run(
     quiet = _quiet_torch_logs()
     agent: Any = None
     handler: Any = None
+    captured = Captured()
     try:
-        handler = registry.get_rendezvous_handler(params)
+        with captured_stderr() as captured:  # the store connects: its C++ warnings are loud
+            handler = registry.get_rendezvous_handler(params)
+        sys.stderr.write(captured.without_frames())
         if callable(entrypoint):  # a script goes through distrib.launch.script, which guards
             entrypoint, args = _guarded, (entrypoint, *args)
         spec = WorkerSpec(
@@ -353,14 +369,12 @@ def run(
     except (WorkerFailed, Interrupted):
         raise
     except Exception as e:
-        if not _is_rendezvous_error(e):
+        if not is_rendezvous_error(e):
             raise
+        said = agent.captured if agent is not None and agent.captured.text else captured
+        message = describe(e, said, handler, config)
         handler = None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RendezvousFailed(
-            f"rendezvous at {config.rdzv_endpoint} ({config.rdzv_backend}, run id "
-            f"{config.run_id}) failed: {type(e).__name__}: {first}"
-        ) from None
+        raise RendezvousFailed(message) from None
     finally:
         if handler is not None:
             with contextlib.suppress(Exception):
@@ -368,19 +382,6 @@ def run(
         quiet()
         os.environ.clear()
         os.environ.update(saved_env)
-
-
-def _is_rendezvous_error(error: BaseException) -> bool:
-    import torch.distributed as dist
-    from torch.distributed.elastic.rendezvous.api import RendezvousError
-
-    kinds: tuple[type, ...] = (RendezvousError, TimeoutError, ConnectionError)
-    kinds += tuple(
-        k
-        for k in (getattr(dist, "DistNetworkError", None), getattr(dist, "DistStoreError", None))
-        if k is not None
-    )
-    return isinstance(error, kinds)
 
 
 def _quiet_torch_logs() -> Callable[[], None]:
