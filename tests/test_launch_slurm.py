@@ -310,6 +310,63 @@ def test_a_sweep_through_hydras_submitit_launcher_runs_each_point_as_a_ddp_job(
     assert sweep.returncode == 0, out[-2000:] + err[-3000:]
     jobs = sorted(p.name for p in (tmp_path / "slurm").iterdir() if p.is_dir() and p.name.isdigit())
     assert jobs == ["0", "1", "2"]  # one directory per point, none per rank
-    assert (tmp_path / "slurm" / "summary.md").read_text() in out
+    summary = (tmp_path / "slurm" / "summary.md").read_text()
+    assert summary in out
+    for task in tasks:  # which SLURM job (array task) trained each point
+        assert f"| {task} |" in summary, summary
     assert _finals(tmp_path / "slurm") == _finals(tmp_path / "basic")
     assert len({str(m) for _, m in _finals(tmp_path / "slurm")}) == 3
+
+
+def _sacct(job: str, field: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", field, "-j", job],
+                         capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+@cluster
+@pytest.mark.slurm
+def test_scancel_cancels_a_running_job_with_its_checkpoint_and_no_requeue(
+    tmp_path: Path, slurm_env
+):
+    # SLURM sends SIGTERM on scancel as on preemption: only preemption may requeue
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled", **slurm_env}
+    env["PATH"] = f"{Path(PY).parent}:{env['PATH']}"
+    job = start(
+        [PY, "-m", "distrib.train", *SLOW, "launcher=slurm", "launcher.nproc=2",
+         "launcher.time_min=5", "+launcher.sbatch.nodelist=n1", f"hydra.run.dir={run}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, _ = job.communicate(timeout=120)  # without launcher.wait: submitted, not "done"
+    assert job.returncode == 0
+    jid = job_id(out)
+    assert f"follow: squeue -j {jid}; cancel: scancel {jid}" in out
+    assert "distrib: done" not in out
+    assert slurm_cluster.wait_until(
+        lambda: (run / "metrics.jsonl").exists() and max(_train_steps(run), default=0) >= 8,
+        timeout=120,
+    ), "the job never got going"
+    subprocess.run(["scancel", jid], check=True, env=env, timeout=30)
+    assert slurm_cluster.wait_until(lambda: not slurm_cluster.squeue("-j", jid), timeout=120)
+    assert _sacct(jid, "State").startswith("CANCELLED")
+    assert _sacct(jid, "Restarts") in ("", "0")  # never requeued (also: not pending again)
+    err = "".join(p.read_text() for p in (run / "slurm").rglob("*_0_log.err"))
+    said = [ln for ln in err.splitlines() if "was cancelled (scancel)" in ln]
+    assert said and "to resume: python -m distrib.train" in said[0], err[-3000:]
+    assert f"hydra.run.dir={run}" in said[0]
+    assert list((run / "checkpoints").glob("step-*.pt"))  # the cancelled job saved
+
+
+@cluster
+@pytest.mark.slurm
+def test_starting_the_local_cluster_with_other_options_refuses_and_keeps_it(slurm_env):
+    done = subprocess.run(["bash", str(slurm_cluster.SCRIPT), "start", "--nodes", "1"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "cluster.sh: a cluster with other options runs from " in done.stderr, done.stderr
+    assert "started with: --nodes 2 --preempt --cpus 8" in done.stderr
+    assert sorted(slurm_cluster.squeue()) == []  # nothing queued, and it still answers:
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True,
+                           timeout=30).stdout.split()  # fmt: skip
+    assert sorted(set(nodes)) == ["n1", "n2"]

@@ -49,6 +49,9 @@ def _job_row(job: Path) -> dict[str, Any]:
     overrides_file = job / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides or []), "step": None}
+    slurm = job / "slurm_job"  # written by each SLURM job's rank 0 (distrib.cli.slurm_tasks)
+    if slurm.exists():
+        row["slurm_job"] = slurm.read_text().strip()
     final = _last_eval_row(job / "metrics.jsonl")
     if final is not None:
         row["step"] = final.get("step")
@@ -66,8 +69,9 @@ def _last_eval_row(path: Path) -> dict[str, Any] | None:
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    metrics = sorted({k for row in rows for k in row} - set(_FIXED))
-    return [*_FIXED, *metrics]
+    slurm = ["slurm_job"] if any("slurm_job" in row for row in rows) else []
+    metrics = sorted({k for row in rows for k in row} - set(_FIXED) - set(slurm))
+    return [_FIXED[0], *slurm, *_FIXED[1:], *metrics]
 
 
 def _cell(row: dict[str, Any], key: str) -> str:

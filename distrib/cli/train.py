@@ -168,17 +168,21 @@ def _task(cfg: Any) -> Any:
     secrets = config_secrets(values) | secret_values()
     overrides = list(hydra_cfg.overrides.task)
 
-    def resume() -> str | None:
-        from distrib.cli import resume_hint
-        from distrib.env import is_worker
+    from distrib.cli import resume_hint
+    from distrib.env import is_worker
 
+    command = resume_hint.command(overrides, run_dir, secrets, in_place=is_worker())
+
+    def resume() -> str | None:
         if not said or not resume_hint.has_checkpoint(run_dir):
             return None
-        command = resume_hint.command(overrides, run_dir, secrets, in_place=is_worker())
         return f"distrib: to resume: {command}"
 
+    resume.command = command  # type: ignore[attr-defined]  # what a cancelled SLURM job says
     result = run(values, run_cfg, run_dir, group, resume=resume)  # type: ignore[arg-type]
-    if said:
+
+    submitted = run_cfg.launcher.name == "slurm" and not run_cfg.launcher.wait and not is_worker()
+    if said and not submitted:  # a submitted job is not done: describe() said how to follow it
         print(f"distrib: done: {_shown(run_dir)} (checkpoints/, metrics.jsonl, logs/)", flush=True)
     return result
 
@@ -223,9 +227,9 @@ def run(
             return _in_place(fit, cfg, run_dir, group, resume)
         from distrib.cli.slurm_tasks import train_task
 
-        return train_task(values, str(run_dir), group)  # srun, hydra's submitit: meet, train
+        return train_task(values, str(run_dir), group, getattr(resume, "command", None))
     if cfg.launcher.name == "slurm":
-        return _submit(values, cfg, run_dir, group)
+        return _submit(values, cfg, run_dir, group, resume)
     from distrib.launch.agent import RendezvousFailed
     from distrib.launch.local import Interrupted, WorkerFailed, launch
     from distrib.trainer.preemption import INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
@@ -286,14 +290,20 @@ def _in_place(
     raise AssertionError("unreachable")
 
 
-def _submit(values: dict, cfg: Any, run_dir: Path, group: str | None) -> dict[str, Any]:
+def _submit(
+    values: dict, cfg: Any, run_dir: Path, group: str | None, resume: Any = lambda: None
+) -> dict[str, Any]:
     """``launcher=slurm``: submit, say where to look, and with ``launcher.wait`` follow."""
     from distrib.cli.slurm_tasks import train_task
     from distrib.launch.slurm import run_job
 
     options = slurm_options(cfg.launcher)
     code, result = run_job(
-        train_task, (values, str(run_dir), group), options, run_dir, wait=cfg.launcher.wait
+        train_task,
+        (values, str(run_dir), group, getattr(resume, "command", None)),
+        options,
+        run_dir,
+        wait=cfg.launcher.wait,
     )
     if code:
         sys.exit(code)

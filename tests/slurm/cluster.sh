@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real, throw-away SLURM cluster on this host for the SLURM system tests (run as root).
-#   tests/slurm/cluster.sh start [--nodes 1|2] [--preempt] [--cpus N]
+#   tests/slurm/cluster.sh start [--nodes 1|2] [--preempt] [--cpus N] [--restart]
 #                                      install + start, wait until idle, print `export SLURM_CONF=...`
 #                                      (--cpus: CPUs each node declares, default the machine's)
 #   tests/slurm/cluster.sh stop      stop the daemons this script started (by pid file)
@@ -9,8 +9,9 @@
 # after the host, or n1/n2 on ports 17001/17002 with the CPUs and memory split between them).
 # Everything lives under $SLURM_STATE_DIR (default /tmp/distrib-slurm), the MariaDB datadir too,
 # so wiping that directory also wipes accounting (job ids restart at 1). Only /run/munge and the
-# packages' own files live outside it. All commands are idempotent; `start` with other options
-# than the running cluster's restarts it with the new configuration.
+# packages' own files live outside it. All commands are idempotent. `start` with other options
+# than the running cluster's refuses (another run may be using it): stop it first, give
+# --restart, or use a state directory of your own (SLURM_STATE_DIR=...).
 set -euo pipefail
 
 S=${SLURM_STATE_DIR:-/tmp/distrib-slurm}
@@ -230,12 +231,13 @@ stop_all() {
 }
 
 cmd_start() {
-    local nodes=1 preempt=0 cpus=0
+    local nodes=1 preempt=0 cpus=0 restart=0 options="$*"
     while [ $# -gt 0 ]; do
         case $1 in
             --nodes) nodes=${2:-}; shift 2 ;;
             --cpus) cpus=${2:-}; shift 2 ;;
             --preempt) preempt=1; shift ;;
+            --restart) restart=1; shift ;;
             *) die "unknown option $1" ;;
         esac
     done
@@ -246,10 +248,16 @@ cmd_start() {
     [[ "$cpus" =~ ^[0-9]+$ ]] || die "--cpus must be a number of CPUs per node"
     write_conf "$nodes" "$preempt" "$cpus" >"$S/etc/slurm.conf.new"
     if ! cmp -s "$S/etc/slurm.conf.new" "$CONF"; then
+        if running "$S/run/slurmctld.pid" slurmctld && [ "$restart" = 0 ]; then
+            rm -f "$S/etc/slurm.conf.new"
+            die "a cluster with other options runs from $S (started with: $(cat "$S/etc/options" 2>/dev/null || echo '?')); stop it first ($0 stop), pass --restart, or use SLURM_STATE_DIR=<a directory of your own>"
+        fi
         stop_all >/dev/null  # configuration changed: restart everything with the new one
         mv "$S/etc/slurm.conf.new" "$CONF"
+        echo "${options/--restart/}" >"$S/etc/options"
     else
         rm -f "$S/etc/slurm.conf.new"
+        [ -f "$S/etc/options" ] || echo "${options/--restart/}" >"$S/etc/options"
     fi
     write_dbd_conf
     start_munged; start_mariadb; start_slurmdbd; start_slurmctld; start_slurmd "$nodes"
@@ -263,5 +271,5 @@ case ${1:-} in
     start) shift; cmd_start "$@" ;;
     stop) stop_all ;;
     status) if running "$S/run/slurmctld.pid" slurmctld; then sinfo; else echo "not running"; fi ;;
-    *) die "usage: $0 start [--nodes 1|2] [--preempt] [--cpus N] | stop | status" ;;
+    *) die "usage: $0 start [--nodes 1|2] [--preempt] [--cpus N] [--restart] | stop | status" ;;
 esac
