@@ -1,4 +1,4 @@
-"""``python -m distrib env|export|convert|sweep ...``: the tools around training (the trainer
+"""``python -m distrib env|export|convert|plot|sweep ...``: the tools around training (the trainer
 itself is ``python -m distrib.train``, the launcher ``python -m distrib.launch``).
 
 Each command owns its options and is imported only once picked, so one command never pays for
@@ -15,6 +15,7 @@ COMMANDS = {
     "env": ("distrib.cli.env", "Python, torch, CUDA, backends, launch environment; --check N"),
     "export": ("distrib.cli.export", "a checkpoint's model as TorchScript or torch.export"),
     "convert": ("distrib.cli.convert", "a checkpoint (either kind) as one plain weights file"),
+    "plot": ("distrib.cli.plot", "a run's (or a sweep's) training curves as a PNG"),
     "sweep": ("distrib.cli.sweep", "a sweep directory's table again: overrides -> final metrics"),
 }
 

@@ -28,6 +28,8 @@ def test_scaling_tiny_reports_every_way_and_every_way_trains_the_same_model(tmp_
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"results in {out}/" in proc.stdout
+    # stderr is a pipe here, as in `... > log`: plain progress lines, no carriage returns
+    assert "\r" not in proc.stderr and "distrib.bench: 1/" in proc.stderr
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((out / "results.json").read_text())
     assert set(result["workloads"]) == {"compute"}
@@ -134,3 +136,32 @@ def test_checkpoint_bench_with_fsdp_reports_sync_and_async(tmp_path: Path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "fsdp on 2 workers" in proc.stdout and "async blocked / sync     = " in proc.stdout
+
+
+def test_the_scaling_plot_keeps_launched_runs_apart_from_in_process_ones_and_shows_spread():
+    from distrib.bench.report import figure
+
+    def row(family: str, workers: int, rates: list[float]) -> dict:
+        runs = [{"samples_per_s": r} for r in rates]
+        return {"family": family, "workers": workers, "samples_per_s": sorted(rates)[1],
+                "runs": runs}  # fmt: skip
+
+    ways = {
+        "plain": row("torch", 1, [90, 100, 110]),
+        "trainer 1": row("distrib", 1, [95, 100, 105]),
+        "distrib 2": row("distrib", 2, [150, 160, 170]),
+        "raw DDP 2": row("torch", 2, [140, 150, 160]),
+    }
+    fig = figure({"workloads": {"compute": {"ways": ways}}})
+    left = fig.axes[0]
+    bars = {c.get_label(): c for c in left.containers}
+    # the distrib line is the launched runs only: not the trainer in process at 1 worker
+    assert list(bars["compute: distrib N"].lines[0].get_xdata()) == [2]
+    assert list(bars["compute: trainer in process"].lines[0].get_xdata()) == [1]
+    # each point has its repeats' range as a bar, lowest to highest
+    segments = bars["compute: distrib N"].lines[2][0].get_segments()
+    assert [(s[0][1], s[1][1]) for s in segments] == [(150, 170)]
+    # the legend sits below the axes, over none of the points
+    fig.canvas.draw()
+    legend = left.get_legend().get_window_extent()
+    assert legend.y1 <= left.get_window_extent().y0

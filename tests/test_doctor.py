@@ -61,7 +61,7 @@ def test_a_bad_command_or_worker_count_is_one_line_exit_2():
     res = run_cli(PY, "-m", "distrib", "nope")
     assert res.returncode == 2 and res.stderr.strip() == (
         "distrib: error: argument COMMAND: invalid choice: 'nope' "
-        "(choose from 'env', 'export', 'convert', 'sweep')"
+        "(choose from 'env', 'export', 'convert', 'plot', 'sweep')"
     )
 
 

@@ -128,6 +128,46 @@ def write(result: dict[str, Any], table: str, out: Path) -> None:
         )
 
 
+class _Lines:
+    """What a progress bar says, as plain lines: a log file gets no carriage returns."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.what = total, 0, ""
+
+    def set_description(self, what: str) -> None:
+        self.what = what
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        print(f"distrib.bench: {self.done}/{self.total} {self.what}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def progress(total: int) -> Any:
+    """A tqdm bar on a terminal; plain lines when stderr is a file or a pipe (``> log``)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True)
+    return _Lines(total)
+
+
+def _spread_line(ax: Any, rows: list[dict[str, Any]], style: str, color: str, label: str) -> None:
+    """Medians joined by a line, each with a bar from the lowest to the highest repeat."""
+    xs = [r["workers"] for r in rows]
+    ys = [r["samples_per_s"] for r in rows]
+    runs = [[run["samples_per_s"] for run in r.get("runs", []) if "samples_per_s" in run] or [y]
+            for r, y in zip(rows, ys, strict=True)]  # fmt: skip
+    low = [y - min(v) for y, v in zip(ys, runs, strict=True)]
+    high = [max(v) - y for y, v in zip(ys, runs, strict=True)]
+    ax.errorbar(xs, ys, yerr=[low, high], fmt=style, color=color, label=label, capsize=3)
+
+
 def _strict(value: Any) -> Any:
     """NaN (a number that was not measured) as null: JSON has no NaN."""
     if isinstance(value, float) and math.isnan(value):
@@ -140,6 +180,15 @@ def _strict(value: Any) -> Any:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """``scaling.png``: see `figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def figure(result: dict[str, Any]) -> Any:
     """Left: throughput against workers, per workload and family. Right: test accuracy
     against wall time for the time-to-accuracy runs."""
     import matplotlib
@@ -147,31 +196,33 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.6))
+    # A line joins launched runs of one kind only; the single-process baselines are markers of
+    # their own (the trainer in process is not "distrib at 1 worker": it pays no launch).
     styles = {"distrib": "-o", "torch": "--s", "fabric": ":^", "accelerate": ":v"}
-    labels = {
-        "distrib": "distrib (trainer at 1)",
-        "torch": "raw DDP (plain at 1)",
-        "fabric": "Fabric (plain at 1)",
-        "accelerate": "Accelerate (plain at 1)",
-    }
+    labels = {"distrib": "distrib N", "torch": "raw DDP N", "fabric": "Fabric N",
+              "accelerate": "Accelerate N"}  # fmt: skip
+    singles = {"plain": ("x", "plain loop"), "trainer 1": ("+", "trainer in process")}
     for i, (name, wl) in enumerate(result["workloads"].items()):
         color = f"C{i}"
         for family, style in styles.items():
-            rows = [r for r in wl["ways"].values() if r["family"] == family]
-            if family in ("fabric", "accelerate"):  # N workers only; their 1 is the plain loop
-                rows = [r for r in (wl["ways"].get("plain"),) if r] + rows
-            points = sorted(
-                (r["workers"], r["samples_per_s"]) for r in rows if "samples_per_s" in r
-            )
-            if len(points) > 1 or (points and family == "distrib"):
-                xs, ys = zip(*points, strict=True)
-                left.plot(xs, ys, style, color=color, label=f"{name}: {labels[family]}")
+            rows = [r for way, r in wl["ways"].items() if r["family"] == family
+                    and way not in singles and "samples_per_s" in r]  # fmt: skip
+            if rows:
+                rows.sort(key=lambda r: r["workers"])
+                _spread_line(left, rows, style, color, f"{name}: {labels[family]}")
+        for way, (marker, label) in singles.items():
+            row = wl["ways"].get(way)
+            if row and "samples_per_s" in row:
+                _spread_line(left, [row], marker, color, f"{name}: {label}")
     left.set(xlabel="workers", ylabel="samples/s", yscale="log", title="throughput vs workers")
     left.set_xticks(
         sorted({r["workers"] for wl in result["workloads"].values() for r in wl["ways"].values()})
     )
-    left.legend(fontsize=7)
+    # outside the axes: over the lines it hid the points it names
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    left.text(0.01, 0.01, "bars: lowest to highest of the repeats", fontsize=7,
+              transform=left.transAxes)  # fmt: skip
     tta = {k: r for k, r in (result.get("time_to_accuracy") or {}).items() if "error" not in r}
     for way, r in tta.items():
         if r["curve"]:
@@ -184,7 +235,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
         xlabel="wall seconds since start", ylabel="test accuracy", title="time to accuracy (digits)"
     )
     if tta:
-        right.legend(fontsize=8)
+        right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from distrib.bench import report, tta
 from distrib.bench import workloads as w
+from distrib.bench.report import progress
 from distrib.bench.ways import Way, measure, ways
 
 OPTIONAL = ("fabric", "accelerate")
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"config": _config(args), "workloads": {}}
-    with tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True) as bar:
+    with progress(total) as bar:
         for spec in specs:
             result["workloads"][spec.name] = bench_workload(spec, all_ways, args.repeats, logs, bar)
         if not args.no_tta:
