@@ -203,10 +203,11 @@ class StreamLoader:
         )
         try:
             yield from dl
-        except RuntimeError as e:  # a worker's ConfigError arrives as a RuntimeError with its
-            said = str(e).rstrip().splitlines()  # traceback: keep its one line
-            if said and said[0].startswith("Caught ConfigError") and ": " in said[-1]:
-                raise ConfigError(self.key, message=said[-1].split(": ", 1)[1]) from None
+        except Exception as e:  # a worker's ConfigError comes back with its traceback in it:
+            said = str(e).splitlines()  # keep its one line
+            ours = [ln for ln in said if ln.startswith("distrib.errors.ConfigError: ")]
+            if said and said[0].startswith("Caught ConfigError") and ours:
+                raise ConfigError(self.key, message=ours[-1].split(": ", 1)[1]) from None
             raise
 
     def state_dict(self, epoch: int, consumed: int) -> dict[str, Any]:

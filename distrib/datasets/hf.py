@@ -50,16 +50,20 @@ class HFShards(ShardFiles):
     """
 
     def __init__(self, path: PathArg, columns: Sequence[str] | str = ("tokens",)) -> None:
-        self.columns = [columns] if isinstance(columns, str) else list(columns)
+        self.columns = _columns(columns)
         self.files = expand(path, SUFFIXES)
         _require_datasets()
+        import datasets  # noqa: F401  here, once: forked loader workers inherit the module
+
         self._sizes = [_rows(f, self.columns) for f in self.files]
         self._cursor: _Cursor | None = None
 
-    @classmethod
-    def preflight(cls, path: PathArg, columns: Sequence[str] | str = ("tokens",)) -> None:
-        """Footers and line counts only: cheap enough to run before any worker starts."""
-        cls(path, columns)
+    @staticmethod
+    def preflight(path: PathArg, columns: Sequence[str] | str = ("tokens",)) -> None:
+        """Footers and line counts only (pyarrow, not datasets): cheap before any worker."""
+        _require_datasets()
+        for f in expand(path, SUFFIXES):
+            _rows(f, _columns(columns))
 
     def shard_sizes(self) -> list[int]:
         return self._sizes
@@ -94,6 +98,10 @@ class HFShards(ShardFiles):
         return {**self.__dict__, "_cursor": None}  # an open file stream does not pickle
 
 
+def _columns(columns: Sequence[str] | str) -> list[str]:
+    return [columns] if isinstance(columns, str) else list(columns)
+
+
 def _require_datasets() -> None:
     if importlib.util.find_spec("datasets") is None:
         raise ConfigError(
@@ -109,13 +117,13 @@ def _rows(path: Path, columns: list[str]) -> int:
         import pyarrow.parquet as pq
 
         try:
-            meta = pq.ParquetFile(path).metadata
+            pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow's ArrowInvalid: no footer, a cut file
             raise ConfigError(
                 str(path), message=f"{path}: not a readable parquet file (truncated?): {e}"
             ) from None
-        _has_columns(path, meta.schema.names, columns)
-        return int(meta.num_rows)
+        _has_columns(path, pf.schema_arrow.names, columns)
+        return int(pf.metadata.num_rows)
     n, first, last = 0, "", ""
     with path.open("rb") as fh:
         for line in fh:
