@@ -119,6 +119,32 @@ def test_without_drop_last_the_last_batch_wraps_around_to_the_epoch_start():
     assert [i for b in one for i in b] == ref + ref[:2]  # 206 -> 13 batches of 16
 
 
+def test_evaluation_reads_every_sample_once_over_ranks_and_workers(tmp_path: Path):
+    seen = []
+    for rank in range(3):
+        dl = distrib.eval_loader(Ids(tmp_path), batch_size=7, ctx=ctx(rank, 3), num_workers=2)
+        got = [b.tolist() for b in dl]
+        assert len(got) == len(dl) and all(len(b) <= 7 for b in got)
+        seen += [i for b in got for i in b]
+    assert seen == list(range(sum(SIZES)))  # in order, no padding: metrics count each once
+    assert sorted(records(tmp_path)) == list(range(sum(SIZES)))
+
+
+class Short(Ids):
+    """A reader whose third shard lost samples after it was counted."""
+
+    files = [Path(f"part-{i}.bin") for i in range(len(SIZES))]
+
+    def read(self, shard: int, offsets):  # type: ignore[no-untyped-def]
+        yield from list(super().read(shard, offsets))[: -1 if shard == 2 else None]
+
+
+def test_a_shard_that_yields_fewer_samples_than_counted_is_one_line_naming_it():
+    dl = loader(Short(), batch_size=BATCH, ctx=ctx(0, 1), num_workers=1, shuffle_buffer=WINDOW)
+    with pytest.raises(distrib.ConfigError, match=r"^data.train: part-2.bin gave \d+ of the \d+"):
+        list(dl)
+
+
 class Plain(IterableDataset):
     """A user's own stream with only ``__iter__``; ``splits_itself`` over loader workers."""
 

@@ -72,7 +72,9 @@ class Sequential:
         return {**self.__dict__, "_it": None, "_pos": 0}  # an open iterator does not pickle
 
     def read(self, shard: int, offsets: Sequence[int]) -> Iterator[Any]:
-        if self._it is None or not len(offsets) or offsets[0] < self._pos:
+        if not len(offsets):
+            return
+        if self._it is None or offsets[0] < self._pos:
             self._it, self._pos = iter(self.dataset), 0
         for want in offsets:
             while True:

@@ -21,7 +21,6 @@ import logging
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from distrib.data.order import Plan, eval_batches, train_batches
+from distrib.data.order import Plan, StreamSampler
 from distrib.data.sources import Sequential, ShardedSource, as_source
 from distrib.distributed.process_group import Context
 from distrib.errors import ConfigError
@@ -38,65 +37,6 @@ from distrib.rng import seed_loader_worker
 log = logging.getLogger("distrib.data.streaming")
 
 STATE_FORMAT = 1
-
-
-@dataclass(kw_only=True)
-class StreamSampler:
-    """Where a rank stands in a stream: the part of `ShardedSampler`'s interface the loop uses."""
-
-    plan: Plan
-    global_batch: int
-    world: int
-    rank: int
-    accum: int = 1
-    drop_last: bool = True
-    eval_batch: int = 0
-    """> 0: evaluation: every sample once over all ranks, in order, batches of this per rank."""
-    epoch: int = 0
-    start: int = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.start = epoch, 0
-
-    def set_position(self, epoch: int, consumed: int = 0) -> None:
-        """Begin ``epoch`` after ``consumed`` global samples of it (0 = from the start)."""
-        self.epoch, self.start = epoch, consumed
-
-    @property
-    def dataset(self) -> Plan:
-        return self.plan  # sized: what check_steps and the ranks' length check count
-
-    def epoch_samples(self) -> int:
-        if self.eval_batch:
-            return self.plan.samples
-        return self.plan.epoch_samples(self.global_batch, self.drop_last)
-
-    def steps(self) -> int:
-        """Whole global steps left in the epoch (equal on every rank)."""
-        return max(0, self.epoch_samples() - self.start) // self.global_batch
-
-    def batches(self) -> Iterator[tuple[int, int]]:
-        """This rank's micro-batches as output positions ``[p0, p1)``, in order."""
-        if self.eval_batch:
-            n = self.plan.samples
-            return eval_batches(samples=n, world=self.world, rank=self.rank, batch=self.eval_batch)
-        return train_batches(
-            start=self.start,
-            steps=self.steps(),
-            global_batch=self.global_batch,
-            world=self.world,
-            rank=self.rank,
-            accum=self.accum,
-        )
-
-    def num_batches(self) -> int:
-        if not self.eval_batch:
-            return self.steps() * self.accum
-        n, w, r = self.plan.samples, self.world, self.rank
-        return -(-((r + 1) * n // w - r * n // w) // self.eval_batch)
-
-    def __len__(self) -> int:
-        return sum(p1 - p0 for p0, p1 in self.batches())
 
 
 class _RankStream(IterableDataset):
