@@ -30,7 +30,6 @@ from distrib.datasets.shards import PathArg, ShardFiles, expand
 from distrib.errors import ConfigError
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
-BATCH_ROWS = 1024
 
 
 @dataclass
@@ -48,6 +47,9 @@ class HFShards(ShardFiles):
 
     Example: ``HFShards("data/*.parquet", columns=["tokens"])``; ``data=hf data.path=...``.
     """
+
+    batch_rows = 1024
+    """Rows per Arrow batch read (what is decoded at a time)."""
 
     def __init__(self, path: PathArg, columns: Sequence[str] | str = ("tokens",)) -> None:
         self.columns = _columns(columns)
@@ -74,7 +76,7 @@ class HFShards(ShardFiles):
         f = self.files[shard]
         builder = "parquet" if f.suffix == ".parquet" else "json"
         ds = datasets.load_dataset(builder, data_files=[str(f)], split="train", streaming=True)
-        return iter(ds.select_columns(self.columns).with_format("arrow").iter(BATCH_ROWS))
+        return iter(ds.select_columns(self.columns).with_format("arrow").iter(self.batch_rows))
 
     def read(self, shard: int, offsets: Sequence[int]) -> Iterator[Any]:
         c = self._cursor
