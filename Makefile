@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # A CPU wheel of this torch lies on disk on our machines; installing it first stops pip from
 # pulling a multi-GB CUDA build. Where it is not available, pip picks torch itself.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS  ?= wandb,sklearn,slurm,test,bench,docs,hf
+EXTRAS  ?= wandb,sklearn,slurm,test,bench,docs,hf,hf-datasets
 
 .PHONY: venv demo test lint bench docs clean
 

@@ -20,6 +20,18 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_loader_worker(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: python and numpy follow torch's seed for the worker.
+
+    torch seeds each loader worker from the loader's generator (seeded from the seed and the
+    rank by distrib's loaders) + worker_id; without this, augmentations drawn from python or
+    numpy would repeat across workers and ranks.
+    """
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
 def get_rng_state() -> dict[str, Any]:
     """This process's RNG states as plain tensors and containers (``weights_only``-loadable)."""
     np_state = np.random.get_state()

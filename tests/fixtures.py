@@ -147,3 +147,49 @@ class SelfLossClassifier(nn.Module):
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.net(image)
         return {"loss": nn.functional.cross_entropy(logits, label), "logits": logits}
+
+
+class RecordedShards(torch.utils.data.IterableDataset):
+    """A user's own sharded stream (``shard_sizes`` and ``read``, distrib's source protocol):
+    ``sizes`` shards of synthetic (x, y) samples, sample id = its place in the listed shards.
+    Appends each id it yields to ``<record_dir>/<split>-rank<k>-<pid>.txt``, and SIGKILLs its
+    rank (from a loader worker: the rank's process) at the ``kill_at``-th sample a process of
+    rank ``kill_rank`` yields."""
+
+    def __init__(
+        self,
+        split: str = "train",
+        sizes: tuple[int, ...] = (40, 13, 27, 61, 8, 35, 22),
+        features: int = 16,
+        record_dir: str | None = None,
+        kill_at: int = 0,
+        kill_rank: int = 0,
+    ) -> None:
+        self.sizes, self.split = list(sizes), split
+        self.base = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        self.x = torch.randn(sum(self.sizes), features, generator=g)
+        self.y = (self.x @ torch.randn(features, 10, generator=g)).argmax(dim=1)
+        self.record_dir, self.kill_at, self.kill_rank = record_dir, kill_at, kill_rank
+        self.served = 0
+
+    def shard_sizes(self) -> list[int]:
+        return self.sizes
+
+    def read(self, shard: int, offsets):  # type: ignore[no-untyped-def]
+        rank = int(os.environ.get("RANK", "0"))
+        for offset in offsets:
+            i = self.base[shard] + offset
+            self.served += 1
+            if self.kill_at and self.served == self.kill_at and rank == self.kill_rank:
+                worker = torch.utils.data.get_worker_info() is not None
+                os.kill(os.getppid() if worker else os.getpid(), signal.SIGKILL)
+            if self.record_dir:
+                name = f"{self.split}-rank{rank}-{os.getpid()}.txt"
+                with open(os.path.join(self.record_dir, name), "a") as f:
+                    f.write(f"{i}\n")
+            yield self.x[i], self.y[i]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for shard, n in enumerate(self.sizes):
+            yield from self.read(shard, range(n))

@@ -165,3 +165,19 @@ def test_the_scaling_plot_keeps_launched_runs_apart_from_in_process_ones_and_sho
     fig.canvas.draw()
     legend = left.get_legend().get_window_extent()
     assert legend.y1 <= left.get_window_extent().y0
+
+
+@pytest.mark.slow
+def test_data_bench_reports_on_disk_shards_with_0_and_2_workers_beside_memory():
+    proc = subprocess.run(
+        [sys.executable, "-m", "distrib.bench", "data", "--steps", "3", "--repeats", "1",
+         "--shard-steps", "3", "--shard-repeats", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    head = "| samples/s (token windows of 65, batch 64, TinyGPT) | in memory, by index | "
+    assert head + "on disk, 0 workers | on disk, 2 workers |" in proc.stdout
+    for row in ("| loading alone (an epoch) |", "| loading + training step (3) |"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(row))
+        rates = [float(v.replace(",", "")) for v in line.strip("|").split("|")[1:]]
+        assert len(rates) == 3 and all(r > 0 for r in rates), line

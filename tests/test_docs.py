@@ -47,6 +47,7 @@ PAGES = [
     "slurm.md",
     "checkpoints.md",
     "fsdp.md",
+    "streaming.md",
     "metrics.md",
     "benchmarks.md",
     "tools.md",

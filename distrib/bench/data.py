@@ -1,4 +1,5 @@
-"""``python -m distrib.bench data``: whole batches by index against a per-sample DataLoader.
+"""``python -m distrib.bench data``: whole batches by index against a per-sample DataLoader,
+then token shards on disk with 0 and 2 loader workers against memory (`distrib.bench.shards`).
 
 The same small workload (an MLP 64 -> 256 x 2 on synthetic data, batch 256, AdamW) trains
 through both loaders of `distrib.loader` -- `TensorBatches` (one gather per batch) and the
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from distrib.bench import shards
 from distrib.data import loader
 from distrib.datasets import synthetic
 from distrib.distributed.process_group import Context
@@ -81,6 +83,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--shard-steps", type=int, default=60, help="batches per repeat, on-disk part")
+    p.add_argument("--shard-repeats", type=int, default=3)
     args = p.parse_args(argv)
     out = run(args.steps, args.repeats, args.device)
     print("| samples/s (MLP 64->256x2, batch 256) | by index | DataLoader per sample | ratio |")
@@ -89,3 +93,6 @@ def main(argv: list[str]) -> None:
         fast, slow = out[f"{what}: batches by index"], out[f"{what}: DataLoader per sample"]
         print(f"| {label} | {fast:,.0f} | {slow:,.0f} | {out[f'{what} ratio']:.2f}x |")
     print(f"(median of {args.repeats} interleaved repeats of {args.steps} batches)")
+    print()
+    streamed = shards.run(args.shard_steps, args.shard_repeats)
+    print("\n".join(shards.table(streamed, args.shard_steps, args.shard_repeats)))

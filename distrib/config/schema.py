@@ -85,7 +85,11 @@ class TrainerConfig:
     """Keep an in-memory (TensorDataset) dataset on the GPU and gather batches there; null:
     when it takes at most 1/8 of the GPU's memory (no host-to-device copy per step)."""
     drop_last: bool = True
-    """Drop the epoch's tail that does not fill a whole global batch (exact W-independence)."""
+    """Drop the epoch's tail that does not fill a whole global batch (exact W-independence);
+    false: map-style data pads to the world size, streamed data wraps to fill the last batch."""
+    shuffle_buffer: int = 4096
+    """Streamed (IterableDataset) data: after the shard order is shuffled, samples move within
+    windows of this many consecutive ones; about this many samples are held over all workers."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms(True): bit-exact reruns, sometimes slower."""
     log_every: int = 10
@@ -164,6 +168,8 @@ class TrainerConfig:
         )
         check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
         check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
+        buffer = self.shuffle_buffer
+        check(buffer >= 1, "trainer.shuffle_buffer", buffer, "an integer >= 1")
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
         check(
             self.nonfinite in ("stop", "skip"), "trainer.nonfinite", self.nonfinite, "stop or skip"

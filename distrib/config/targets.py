@@ -32,6 +32,8 @@ def check_targets(cfg: Any) -> None:
     )
     _check_target(cfg.data["train"], "data.train", kind="data")
     _check_target(cfg.data["eval"], "data.eval", kind="data")
+    _preflight(cfg.data["train"], "data.train")
+    _preflight(cfg.data["eval"], "data.eval")
     _check_target(cfg.optim, "optim", skip=1, kind="optim")
     if cfg.scheduler is not None:
         _check_target(cfg.scheduler, "scheduler", skip=1, kind="scheduler")
@@ -129,6 +131,22 @@ def _check_target(node: Any, key: str, skip: int = 0, kind: str | None = None) -
         if expected and value is not None and not isinstance(value, expected) and not int_for_float:
             allowed = " or ".join(t.__name__ for t in expected)
             raise ConfigError(f"{key}.{name}", value, f"{allowed} ({target})")
+
+
+def _preflight(node: dict, key: str) -> None:
+    """A data target's own ``preflight(**args)`` (distrib's shard readers have one: files
+    exist, sizes and headers fit), run here so a missing, truncated or empty shard list is one
+    line before any worker starts. Its error names the argument or the file; this adds the key.
+    """
+    hook = getattr(_import(str(node["_target_"])), "preflight", None)
+    if not callable(hook):
+        return
+    try:
+        hook(**{k: v for k, v in node.items() if not str(k).startswith("_")})
+    except ConfigError as e:
+        said = str(e)
+        joined = f"{key}.{said}" if said.startswith(f"{e.key}=") else f"{key}: {said}"
+        raise ConfigError(f"{key}.{e.key}", message=joined) from None
 
 
 def _why_unknown(key: str, name: str, params: list[inspect.Parameter]) -> str:

@@ -1,29 +1,21 @@
 """Loaders over the sharded samplers: a DataLoader per rank, or whole batches by index for
 in-memory tensors (faster than any DataLoader), for training (`loader`) and evaluation
-(`eval_loader`: every sample exactly once over all ranks).
+(`eval_loader`: every sample exactly once over all ranks). An ``IterableDataset`` gets a
+`StreamLoader` (`distrib.data.streaming`) with the same interface.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
 
 from distrib.data.samplers import EvalSampler, ShardedSampler, per_rank_batch
+from distrib.data.streaming import StreamLoader, stream_eval_loader, stream_loader
 from distrib.distributed.process_group import Context, current
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each DataLoader worker from the loader's generator (seeded from seed and rank
-    # below) + worker_id; python and numpy follow from it so augmentations differ per worker
-    # and rank yet repeat from run to run.
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
+from distrib.rng import seed_loader_worker
 
 
 class TensorBatches:
@@ -92,8 +84,9 @@ def loader(
     accum: int = 1,
     num_workers: int = 0,
     on_device: bool | None = None,
+    shuffle_buffer: int = 4096,
     **kwargs: Any,
-) -> DataLoader | TensorBatches:
+) -> DataLoader | TensorBatches | StreamLoader:
     """A training loader over this rank's shard; ``batch_size`` is the *global* batch.
 
     Call ``loader.sampler.set_epoch(epoch)`` every epoch (the training loop does). Example::
@@ -103,10 +96,25 @@ def loader(
     A ``TensorDataset`` without workers is served by `TensorBatches` (whole batches by index,
     the same batches as a DataLoader; on a GPU the data stays there when ``on_device``, or by
     default when it takes at most 1/8 of the GPU's memory); anything else
-    gets a DataLoader (``num_workers``, ``pin_memory`` on CUDA, any DataLoader keyword).
+    gets a DataLoader (``num_workers``, ``pin_memory`` on CUDA, any DataLoader keyword). An
+    ``IterableDataset`` gets a `StreamLoader`: split over ranks and loader workers by position,
+    shuffled by shard order and windows of ``shuffle_buffer`` samples (docs/guide/streaming.md).
     """
     ctx = ctx or current()
     micro = per_rank_batch(batch_size, ctx.world_size, accum)
+    if isinstance(dataset, IterableDataset):
+        return stream_loader(
+            dataset,
+            batch_size=batch_size,
+            ctx=ctx,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            accum=accum,
+            num_workers=num_workers,
+            shuffle_buffer=shuffle_buffer,
+            **kwargs,
+        )
     sampler = ShardedSampler(
         dataset,  # type: ignore[arg-type]
         num_replicas=ctx.world_size,
@@ -129,7 +137,7 @@ def loader(
         batch_size=micro,
         sampler=sampler,
         num_workers=num_workers,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_loader_worker,
         generator=g,
         pin_memory=ctx.device.type == "cuda",
         drop_last=False,
@@ -144,9 +152,11 @@ def eval_loader(
     ctx: Context | None = None,
     num_workers: int = 0,
     on_device: bool | None = None,
-) -> DataLoader | TensorBatches:
+) -> DataLoader | TensorBatches | StreamLoader:
     """An evaluation loader: every sample on exactly one rank; ``batch_size`` is per rank."""
     ctx = ctx or current()
+    if isinstance(dataset, IterableDataset):
+        return stream_eval_loader(dataset, batch_size=batch_size, ctx=ctx, num_workers=num_workers)
     sampler = EvalSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank)  # type: ignore[arg-type]
     tensors = _tensors_of(dataset, num_workers, {})
     if tensors is not None:

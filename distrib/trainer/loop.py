@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
-from distrib.data import eval_loader, loader
+from distrib.data import StreamLoader, eval_loader, loader
 from distrib.distributed.process_group import Context, session
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
@@ -74,6 +74,8 @@ class _Run:
     loggers: list[MetricLogger]
     state: TrainState
     saved_step: int = -1
+    train_dl: Any = None
+    """The training loader: a stream's position goes into each checkpoint (`StreamLoader`)."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -93,6 +95,7 @@ class _Run:
             ctx=self.ctx,
             global_batch=self.cfg.trainer.global_batch_size,
             config=dataclasses.asdict(self.cfg),
+            data=_stream_state(self.train_dl, self.state),
         )
         shards = sharded_state(self.model, self.optimizer) if par.is_sharded(self.model) else None
         self.ckpt.save(
@@ -136,7 +139,6 @@ def fit(
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
         train_ds = build_named("data.train", cfg.data["train"])
-        same_length_everywhere(train_ds, ctx)
         train_dl = loader(
             train_ds,
             batch_size=t.global_batch_size,
@@ -146,7 +148,9 @@ def fit(
             accum=t.grad_accum,
             num_workers=t.num_workers,
             on_device=t.data_on_device,
+            shuffle_buffer=t.shuffle_buffer,
         )
+        same_length_everywhere(train_dl.sampler.dataset, ctx)  # a stream: its counted length
         eval_dl = eval_loader(
             build_named("data.eval", cfg.data["eval"]),
             batch_size=t.eval_batch_size,
@@ -167,6 +171,7 @@ def fit(
         check_steps(train_dl, t.global_batch_size, ctx.world_size)
         task = build_named("task", cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
+        run.train_dl = train_dl
         try:
             _resume(run, t.resume if run_dir is not None else "never")
             steps_per_epoch = -(-len(train_dl) // t.grad_accum)
@@ -240,6 +245,10 @@ def _resume(run: _Run, resume: str) -> None:
         ctx=run.ctx,
         seed=run.cfg.trainer.seed,
     )
+    if isinstance(run.train_dl, StreamLoader):  # refused if the stream's samples changed
+        said = run.train_dl.check_resume(data.get("data"), Path(path))
+        if said and run.ctx.is_main:
+            log.info("%s", said)
     changes = hyperparameter_changes(data.get("config"), current)
     apply_hyperparameters(run.optimizer, run.scheduler, changes)
     run.saved_step = run.state.step
@@ -306,6 +315,11 @@ def _train(
     if run.saved_step != run.state.step:
         run.save({k: float(v) for k, v in result.items()})
     return result
+
+
+def _stream_state(dl: Any, state: TrainState) -> dict[str, Any] | None:
+    """A stream's position and what it is counted in (None for map-style data)."""
+    return dl.state_dict(state.epoch, state.consumed) if isinstance(dl, StreamLoader) else None
 
 
 def _check_best_metric(name: str | None, result: dict[str, Any], task: dict) -> None:

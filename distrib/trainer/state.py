@@ -73,10 +73,12 @@ def capture(
     ctx: Context,
     global_batch: int,
     config: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict (complete on rank 0); every rank must call it (RNG gather).
 
     For a sharded model it holds no ``model``/``optimizer``: those are `sharded_state`'s.
+    ``data``: a stream's position and what it is counted in (`StreamLoader.state_dict`).
     """
     shards = is_sharded(model)
     return {
@@ -90,6 +92,7 @@ def capture(
         "consumed": state.consumed,
         "global_batch_size": global_batch,
         "world_size": ctx.world_size,
+        **({"data": data} if data is not None else {}),
         "rng": gather_rng(ctx),
         "history": list(state.history),
         "config": redact(config),
