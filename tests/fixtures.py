@@ -42,10 +42,12 @@ class Recorded(torch.utils.data.Dataset):
         kill_at: int = 0,
         kill_rank: int = 0,
         kill_attempt: int = -1,
+        signal_at: int = 0,
     ) -> None:
         self.data = synthetic(split, size=size, features=features)
         self.record_dir, self.delay, self.kill_at = record_dir, delay, kill_at
         self.kill_rank, self.kill_attempt = kill_rank, kill_attempt
+        self.signal_at = signal_at  # SIGUSR1 to this process (rank kill_rank) at that sample
         self.served = 0
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "-")
         if record_dir:  # what the elastic agent told this worker
@@ -62,6 +64,8 @@ class Recorded(torch.utils.data.Dataset):
         rank = int(os.environ.get("RANK", "0"))
         if self.kill_at and self.served == self.kill_at and rank == self.kill_rank:
             os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no handler, no cleanup
+        if self.signal_at and self.served == self.signal_at and rank == self.kill_rank:
+            os.kill(os.getpid(), signal.SIGUSR1)  # a preemption notice to this rank alone
         if self.record_dir:
             with open(os.path.join(self.record_dir, f"rank{rank}.txt"), "a") as f:
                 f.write(f"{i}\n")

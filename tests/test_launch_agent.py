@@ -314,3 +314,16 @@ def test_an_error_then_a_signal_death_reports_the_error():
         str(WorkerFailed(rank=1, exitcode=-9, traceback=""))
         == "worker rank 1 was killed by SIGKILL"
     )
+
+
+@pytest.mark.slow
+def test_a_requeue_exit_beside_a_failure_is_a_failure(tmp_path: Path):
+    # rank 0 exits 75 ("checkpoint written, requeue me") in the same poll as rank 1 exits 1:
+    # 75 means a checkpoint only when every worker stopped so; here the job failed
+    res = launch("--nproc", "2", "--max-restarts", "1", str(SCRIPTS / "fail.py"), "--out",
+                 str(tmp_path), "--how", "mixed", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 1, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distrib: error: worker rank 1 exited with code 1"), res.stderr[-2000:]
+    # and it is not retried as a crash either: a worker saved on purpose
+    assert sorted(p.name for p in tmp_path.glob("attempt*")) == ["attempt0-rank0", "attempt0-rank1"]

@@ -173,3 +173,25 @@ def test_ctrl_c_twice_stops_at_once_with_one_line(tmp_path: Path):
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["distrib: interrupted (nothing saved)"], err[-3000:]
     assert sorted((run_dir / "checkpoints").glob("step-*.pt")) == saved
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_of_two_stops_both_at_the_same_step_with_one_checkpoint(
+    tmp_path: Path,
+):
+    from helpers import SMALL_RUN, train_cli
+
+    run_dir, seen = tmp_path / "run", tmp_path / "seen"
+    seen.mkdir()
+    res = train_cli(
+        run_dir, *SMALL_RUN, "trainer.epochs=3", "trainer.checkpoint.every_epoch=false",
+        f"+data.train.record_dir={seen}", "+data.train.kill_rank=1",
+        "+data.train.signal_at=100",  # rank 1's 100th sample: step 7 (16 a step)
+    )  # fmt: skip
+    assert res.returncode == 75, res.stderr[-3000:]
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    step = int(latest[5:13])
+    # the vote rides on the log step (every 4): both ranks stopped after the same step
+    assert step == 8
+    served = {p.stem: len(p.read_text().split()) for p in seen.glob("rank*.txt")}
+    assert served == {"rank0": 16 * step, "rank1": 16 * step}

@@ -86,3 +86,27 @@ def test_a_checkpoint_of_another_model_shape_names_the_file_and_the_first_mismat
     message = str(err.value)
     assert message.startswith(f"{path}: the model does not match it: size mismatch for net.1.")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "said"),
+    [
+        ({"in_features": 16}, {"in_features": 16, "dropout": 0.2}, "model.dropout"),  # added
+        ({"in_features": 16, "dropout": 0.2}, {"in_features": 16}, "model.dropout"),  # removed
+    ],
+)
+def test_a_resume_that_adds_or_removes_a_model_key_is_refused_naming_it(saved, now, said):
+    from distrib.errors import ConfigError
+    from distrib.trainer.resume_policy import check_compatible
+
+    def config(model: dict) -> dict:
+        return {
+            "model": {"_target_": "distrib.models.MLP", **model},
+            "optim": {"_target_": "torch.optim.SGD"},
+            "trainer": {"global_batch_size": 32},
+        }
+
+    with pytest.raises(ConfigError) as e:
+        check_compatible(config(saved), config(now), Path("step-00000010.pt"), allow_batch=False)
+    assert str(e.value).startswith(f"{said} was "), str(e.value)
+    assert "step-00000010.pt" in str(e.value) and "\n" not in str(e.value)

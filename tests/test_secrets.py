@@ -115,3 +115,13 @@ def test_a_secret_on_the_command_line_reaches_no_file_of_the_run(tmp_path):
         leaked = [str(p.relative_to(run_dir)) for p in files if value.encode() in p.read_bytes()]
         assert leaked == [], value
         assert value not in res.stdout + res.stderr
+
+
+def test_of_two_secrets_where_one_holds_the_other_no_tail_of_the_longer_survives():
+    from distrib.secrets import REDACTED, scrub
+
+    short, long = "abc123secretXYZ", "abc123secretXYZ-and-more-of-it"
+    for order in ([short, long], [long, short]):
+        text = scrub(f"token={long} other={short} end", set(order))
+        assert text == f"token={REDACTED} other={REDACTED} end", text
+        assert "-and-more-of-it" not in text

@@ -40,8 +40,16 @@ def _sum_ranks() -> dict:
 
     ctx = distrib.init()
     total = distrib.reduce_sum(torch.tensor([float(ctx.rank + 1)]))
-    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-    return {"sum": float(total), "world": ctx.world_size, **{k: os.environ[k] for k in keys}}
+    return {"sum": float(total), "world": ctx.world_size, **{k: os.environ[k] for k in TORCHRUN}}
+
+
+# every variable torchrun gives a worker (torch.distributed.run's docs): a torchrun-style
+# program must find each of them after `join`
+TORCHRUN = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "OMP_NUM_THREADS",
+)  # fmt: skip
 
 
 def test_srun_tasks_meet_through_the_directory_and_see_torchruns_variables(tmp_path: Path):
@@ -52,6 +60,10 @@ def test_srun_tasks_meet_through_the_directory_and_see_torchruns_variables(tmp_p
     assert results[0]["MASTER_PORT"] == results[1]["MASTER_PORT"] != "0"
     assert results[0]["TORCHELASTIC_RUN_ID"] == "slurm-4242"
     assert (tmp_path / "rendezvous-4242.0.0").is_file()
+    for rank, seen in enumerate(results):  # the rest of torchrun's variables, right
+        assert (seen["LOCAL_WORLD_SIZE"], seen["GROUP_RANK"]) == ("2", "0")
+        assert (seen["ROLE_RANK"], seen["ROLE_WORLD_SIZE"]) == (str(rank), "2")
+        assert (seen["TORCHELASTIC_RESTART_COUNT"], seen["TORCHELASTIC_MAX_RESTARTS"]) == ("0", "0")
 
 
 def test_jobs_10000_ids_apart_on_one_node_each_train_in_their_own_group(tmp_path: Path):

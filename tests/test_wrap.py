@@ -105,3 +105,27 @@ def test_bf16_autocast_and_clipping():
     distrib.clip_grad(model, 1.0)
     norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert norm <= 1.0 + 1e-5
+
+
+def _all_reduces_in_one_accumulated_step(micro: int) -> int:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    ctx = distrib.init()
+    model = distrib.wrap(nn.Linear(8, 4))
+    calls = []
+
+    def counted(state, bucket):  # type: ignore[no-untyped-def]
+        calls.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    model.register_comm_hook(None, counted)
+    torch.manual_seed(ctx.rank)
+    for i in range(micro):
+        with distrib.accumulate(model, sync=i == micro - 1):
+            model(torch.randn(4, 8)).sum().backward()
+    return len(calls)
+
+
+def test_accumulation_reduces_gradients_once_per_optimizer_step_not_per_micro_step():
+    # one bucket (a small model): 4 micro-steps, 1 all-reduce -- not 4
+    assert spawn(_all_reduces_in_one_accumulated_step, 4) == [1, 1]

@@ -281,8 +281,13 @@ def _is_collateral(failure: Any) -> bool:
 
 
 def root_cause(failures: list[Any]) -> Any:
-    """The failure that caused the others: not collateral, then the earliest, then lowest rank."""
-    return min(failures, key=lambda f: (_is_collateral(f), _when(f), f.local_rank))
+    """The failure that caused the others: a real failure before a worker that stopped on
+    purpose (75/130: "saved, requeue me" is a checkpoint only when every worker stopped so;
+    beside a crash it is not), not collateral, then the earliest, then the lowest rank."""
+    return min(
+        failures,
+        key=lambda f: (f.exitcode in SAVED_EXIT_CODES, _is_collateral(f), _when(f), f.local_rank),
+    )
 
 
 def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
