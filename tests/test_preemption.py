@@ -187,6 +187,7 @@ def test_a_signal_to_one_rank_of_two_stops_both_at_the_same_step_with_one_checkp
         run_dir, *SMALL_RUN, "trainer.epochs=3", "trainer.checkpoint.every_epoch=false",
         f"+data.train.record_dir={seen}", "+data.train.kill_rank=1",
         "+data.train.signal_at=100",  # rank 1's 100th sample: step 7 (16 a step)
+        "trainer.timeout_s=30",  # a rank that stopped alone would leave the other waiting
     )  # fmt: skip
     assert res.returncode == 75, res.stderr[-3000:]
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
