@@ -160,3 +160,28 @@ def test_what_is_not_a_distrib_checkpoint_or_shape_is_one_line_exit_2(
     assert len(err.splitlines()) == 1
     assert main([str(weights), "--example-input-shape", "1,x"]) == 2
     assert "--example-input-shape 1,x: expected sizes >= 1" in capsys.readouterr().err
+
+
+def test_a_checkpoint_whose_config_names_a_loader_is_refused_and_its_payload_never_runs(
+    run_dir: Path, tmp_path: Path
+):
+    from test_targets import payload
+
+    from distrib.checkpoint import Checkpointer
+
+    path, marker = payload(tmp_path)
+    src = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(src, weights_only=True)
+    evil = {"_target_": "torch.load", "f": str(path), "weights_only": False}
+    for key in ("model", "data"):  # the model, or the eval set export takes a sample of
+        config = dict(state["config"])
+        config[key] = evil if key == "model" else {"train": evil, "eval": evil}
+        ckpts = Checkpointer(tmp_path / key / "checkpoints", keep_last=1)
+        ckpts.save({**state, "config": config}, step=1, epoch=1)
+        res = run_cli(PY, "-m", "distrib", "export", str(tmp_path / key))
+        assert res.returncode == 2, res.stderr
+        said = res.stderr.strip()
+        assert said.startswith("distrib: error: ") and "\n" not in said, said
+        where = "model" if key == "model" else "data.eval"
+        assert f"{where}._target_=torch.load: refused: it loads or runs code" in said
+        assert not marker.exists()

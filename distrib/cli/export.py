@@ -99,15 +99,30 @@ def weights(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load(path: Path) -> tuple[Any, dict[str, Any]]:
     """The model of checkpoint ``path``, rebuilt and with its weights, and the run's config."""
     state, config = weights(path)
+    from distrib.errors import ConfigError
     from distrib.trainer.guards import BuildFailed, build_named
 
     try:
         model = build_named("model", config["model"])
+        if not isinstance(model, torch_module()):
+            raise ExportError(
+                f"{path}: model._target_={config['model'].get('_target_')} built a "
+                f"{type(model).__name__}, not an nn.Module: nothing to export",
+                2,
+            )
         model.load_state_dict(state)
+    except ConfigError as e:  # a denied target in the checkpoint's config: never built
+        raise ExportError(f"{path}: {e}", 2) from None
     except (BuildFailed, RuntimeError) as e:  # code moved on since, or weights of another shape
         said = " ".join(str(e).split())[:300]  # load_state_dict names the keys on line two
         raise ExportError(f"{path}: its model does not rebuild here: {said}", 2) from None
     return model.eval(), config
+
+
+def torch_module() -> type:
+    from torch import nn
+
+    return nn.Module
 
 
 def example_input(config: dict[str, Any], shape: tuple[int, ...] | None) -> Any:
@@ -124,8 +139,12 @@ def example_input(config: dict[str, Any], shape: tuple[int, ...] | None) -> Any:
         raise ExportError(
             f"the checkpoint's config has no data.eval to take a sample of: {hint}", 2
         )
+    from distrib.errors import ConfigError
+
     try:  # the data may live where the run did, not here
         sample = build_named("data.eval", node)[0]
+    except ConfigError as e:
+        raise ExportError(str(e), 2) from None
     except (BuildFailed, IndexError) as e:
         said = " ".join(str(e).split())[:300]
         raise ExportError(f"no sample of the eval set ({said}): {hint}", 2) from None

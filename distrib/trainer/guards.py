@@ -58,10 +58,12 @@ class BuildFailed(RuntimeError):
 def build_named(key: str, node: dict) -> Any:
     """`build`, with a failure naming the config key and the arguments it was called with --
     the path a dataset could not open is usually one of them, even when its error omits it."""
-    try:
-        from distrib.config.targets import build
+    from distrib.config.targets import build
 
-        return build(node)
+    try:
+        return build(node, key=key)
+    except ConfigError:
+        raise  # a refused target: already one line naming the key
     except Exception as e:
         cause = e.__cause__ or e  # hydra wraps the user's exception in InstantiationException
         args = ", ".join(
