@@ -23,6 +23,8 @@ def check_targets(cfg: Any) -> None:
     A misspelt argument or a value of the wrong type (``optim.lr=abc``) is reported here, in
     the parent process, instead of as a traceback from every worker.
     """
+    for key in ("model", "data", "optim", "scheduler", "task"):
+        refuse_denied(getattr(cfg, key), key)
     _check_target(cfg.model, "model", kind="model")
     check(
         isinstance(cfg.data, dict) and {"train", "eval"} <= set(cfg.data),
@@ -37,7 +39,7 @@ def check_targets(cfg: Any) -> None:
     _check_target(cfg.optim, "optim", skip=1, kind="optim")
     if cfg.scheduler is not None:
         _check_target(cfg.scheduler, "scheduler", skip=1, kind="scheduler")
-    _check_target(cfg.task, "task")
+    _check_target(cfg.task, "task", kind="task")
     _probe_optimizer(cfg.optim)
 
 
@@ -65,9 +67,47 @@ _KINDS = {
     "data": ("torch.utils.data", "Dataset", "a Dataset class or a function that returns one"),
     "optim": ("torch.optim", "Optimizer", "a torch.optim.Optimizer subclass"),
     "scheduler": ("torch.optim.lr_scheduler", "LRScheduler", "an LR scheduler class"),
+    "task": ("distrib.tasks", "Task", "a task class (distrib.tasks.Task) or a function"),
 }
 # Modules whose callables are never a model, a dataset or an optimizer.
 _NEVER = ("os", "posix", "subprocess", "shutil", "sys", "builtins", "pty", "socket", "runpy")
+
+# What a ``_target_`` may never name, whatever key it is under: what runs code, starts a
+# process, or unpickles (which runs code). A config may come from a checkpoint (export,
+# convert) or a stranger's command line; building it must not be a way to run a payload.
+DENIED_MODULES = (
+    *_NEVER, "nt", "pickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",
+    "importlib", "ctypes", "code", "codeop", "pdb", "multiprocessing", "webbrowser", "joblib",
+    "torch.hub", "torch.package", "torch.jit", "torch.serialization",
+    "torch.utils.cpp_extension",
+)  # fmt: skip
+DENIED_NAMES = ("torch.load", "torch.save", "numpy.load", "numpy.save", "pandas.read_pickle")
+
+
+def _denied(target: str, obj: Any = None) -> bool:
+    names = [target, getattr(obj, "__module__", None) or ""]
+    if target in DENIED_NAMES:
+        return True
+    return any(n == m or n.startswith(m + ".") for n in names if n for m in DENIED_MODULES)
+
+
+def refuse_denied(node: Any, key: str) -> None:
+    """Raise a one-line `ConfigError` for the first ``_target_`` in ``node`` (nested ones
+    too) that `DENIED_MODULES` or `DENIED_NAMES` covers; import nothing it names."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and _denied(str(target)):
+            raise ConfigError(
+                f"{key}._target_",
+                message=f"{key}._target_={target}: refused: it loads or runs code (a "
+                "_target_ names a model, dataset, task, optimizer or scheduler)",
+            )
+        for k, v in node.items():
+            if k != "_target_":
+                refuse_denied(v, f"{key}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            refuse_denied(v, f"{key}.{i}")
 
 
 def _check_kind(obj: Any, key: str, kind: str, target: str) -> None:
@@ -75,6 +115,13 @@ def _check_kind(obj: Any, key: str, kind: str, target: str) -> None:
     return annotation says so (data factories may leave it out, but no builtin or ``os``-like
     function passes)."""
     module, name, wanted = _KINDS[kind]
+    if kind == "task":  # a Protocol: a class with metrics(), or a function that makes one
+        ok = (isinstance(obj, type) and callable(getattr(obj, "metrics", None))) or (
+            inspect.isfunction(obj) and not _denied(obj.__module__ or "")
+        )
+        if not ok:
+            raise ConfigError(f"{key}._target_", target, wanted)
+        return
     base = getattr(importlib.import_module(module), name)
     if kind == "scheduler" and not isinstance(base, type):  # pragma: no cover - old torch
         return
@@ -250,8 +297,13 @@ def _probe_optimizer(node: dict) -> None:
         raise ConfigError("optim", message=f"optim ({node['_target_']}): {e}") from None
 
 
-def build(node: Any, *args: Any) -> Any:
-    """``hydra.utils.instantiate`` on a plain dict or DictConfig node, extra positional args."""
+def build(node: Any, *args: Any, key: str = "config") -> Any:
+    """``hydra.utils.instantiate`` on a plain dict or DictConfig node, extra positional args;
+    never a denied target (`refuse_denied`: every path that builds, a checkpoint's config
+    included, goes through here)."""
     from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
 
+    plain = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    refuse_denied(plain, key)
     return instantiate(node, *args, _convert_="all")
