@@ -116,6 +116,9 @@ def _count(sums: Mapping[str, float]) -> float:
 class Classification:
     """Cross-entropy on (input, class index) pairs; reports loss and accuracy."""
 
+    metric_names = ("loss", "acc", "correct", "total")
+    """What `metrics` reports (``eval_<name>``): checked against best_metric before training."""
+
     def __call__(self, *, model: nn.Module, batch: Any) -> TaskOutput:
         x, y = pair(batch, "classification")
         logits = model(x).float()
@@ -125,7 +128,7 @@ class Classification:
         return TaskOutput(
             loss=losses.mean(),
             sums={
-                "loss": losses.detach().sum(),
+                "loss": losses.detach().double().sum(),  # float64: exact to the sample's loss
                 "correct": (logits.detach().argmax(dim=1) == y).sum(),
                 "count": y.numel(),
             },
@@ -148,6 +151,9 @@ class Regression:
     k outputs alike; a (batch,) target is compared with a (batch, 1) output as one column.
     """
 
+    metric_names = ("loss", "rmse")
+    """What `metrics` reports (``eval_<name>``): checked against best_metric before training."""
+
     def __call__(self, *, model: nn.Module, batch: Any) -> TaskOutput:
         x, y = pair(batch, "regression")
         pred = model(x).float()
@@ -157,7 +163,9 @@ class Regression:
         sq = (pred - y) ** 2
         if model.training:
             return TaskOutput(loss=sq.mean())
-        return TaskOutput(loss=sq.mean(), sums={"loss": sq.detach().sum(), "count": sq.numel()})
+        return TaskOutput(
+            loss=sq.mean(), sums={"loss": sq.detach().double().sum(), "count": sq.numel()}
+        )
 
     def metrics(self, sums: Mapping[str, float]) -> dict[str, float]:
         mse = sums["loss"] / _count(sums)
@@ -170,6 +178,9 @@ class NextToken:
     The model sees ``tokens[:, :-1]`` and returns logits ``(B, T, vocab)``; every position
     predicts the token after it. Reports loss in nats per token and perplexity.
     """
+
+    metric_names = ("loss", "perplexity")
+    """What `metrics` reports (``eval_<name>``): checked against best_metric before training."""
 
     def __call__(self, *, model: nn.Module, batch: Any) -> TaskOutput:
         tokens = batch[0] if isinstance(batch, list | tuple) else batch
@@ -185,7 +196,8 @@ class NextToken:
             return TaskOutput(loss=F.cross_entropy(logits.flatten(0, 1), target.flatten()))
         losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
         return TaskOutput(
-            loss=losses.mean(), sums={"loss": losses.detach().sum(), "count": target.numel()}
+            loss=losses.mean(),
+            sums={"loss": losses.detach().double().sum(), "count": target.numel()},
         )
 
     def metrics(self, sums: Mapping[str, float]) -> dict[str, float]:
@@ -201,6 +213,9 @@ class ModelLoss:
     Hugging Face convention). The loss is taken as the batch's mean, so evaluation weighs each
     batch by its sample count.
     """
+
+    metric_names = ("loss",)
+    """What `metrics` reports (``eval_<name>``): checked against best_metric before training."""
 
     def __init__(self, key: str = "loss") -> None:
         self.key = key
@@ -223,7 +238,7 @@ class ModelLoss:
         if model.training:
             return TaskOutput(loss=loss)
         n = batch_size(batch)
-        return TaskOutput(loss=loss, sums={"loss": loss.detach() * n, "count": n})
+        return TaskOutput(loss=loss, sums={"loss": loss.detach().double() * n, "count": n})
 
     def metrics(self, sums: Mapping[str, float]) -> dict[str, float]:
         return {"loss": sums["loss"] / _count(sums)}

@@ -435,3 +435,29 @@ def test_a_failure_before_any_checkpoint_promises_no_resume(tmp_path: Path):
         tmp_path / "run", *SMALL_RUN, "+data.train.kill_rank=1", "+data.train.kill_at=20"
     )
     assert res.returncode == 1 and "to resume" not in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["trainer.checkpoint.best_metric=eval_foo"],  # before: a whole epoch, then this
+            "distrib: error: trainer.checkpoint.best_metric=eval_foo: distrib.tasks.Classification "
+            "reports eval_loss, eval_acc, eval_correct, eval_total (or null: keep no best "
+            "checkpoint)",
+        ),
+        (
+            ["data.eval.size=0"],  # before: KeyError: 'loss' after the first epoch
+            "distrib: error: data.eval: distrib.datasets.synthetic has 0 samples: evaluation "
+            "would have nothing to report (give it an evaluation split)",
+        ),
+    ],
+)
+def test_what_would_fail_at_the_first_evaluation_stops_before_training(
+    tmp_path: Path, overrides: list[str], line: str
+):
+    res = train_cli(tmp_path / "run", "model=mlp", "data=synthetic", *overrides, nproc=1)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == line
+    assert "step " not in res.stdout  # not one training step
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))

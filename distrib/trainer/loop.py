@@ -151,8 +151,17 @@ def fit(
             shuffle_buffer=t.shuffle_buffer,
         )
         same_length_everywhere(train_dl.sampler.dataset, ctx)  # a stream: its counted length
+        eval_ds = build_named("data.eval", cfg.data["eval"])
+        if hasattr(eval_ds, "__len__") and len(eval_ds) == 0:
+            from distrib.errors import ConfigError
+
+            raise ConfigError(
+                "data.eval",
+                message=f"data.eval: {cfg.data['eval'].get('_target_')} has 0 samples: "
+                "evaluation would have nothing to report (give it an evaluation split)",
+            )
         eval_dl = eval_loader(
-            build_named("data.eval", cfg.data["eval"]),
+            eval_ds,
             batch_size=t.eval_batch_size,
             ctx=ctx,
             num_workers=t.num_workers,
@@ -170,6 +179,9 @@ def fit(
         )
         check_steps(train_dl, t.global_batch_size, ctx.world_size)
         task = build_named("task", cfg.task)
+        names = getattr(task, "metric_names", None)  # a task may say what it reports
+        if names is not None:  # then a best_metric it lacks stops the run now, not an epoch in
+            _check_best_metric(c.best_metric, {f"eval_{n}": 0 for n in names}, cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         run.train_dl = train_dl
         try:
