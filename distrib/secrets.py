@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -152,3 +153,45 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = scrub(record.exc_text, self.secrets)
         return True
+
+
+class ScrubbedStream:
+    """A text stream that cuts ``secrets`` out of everything written through it: what a
+    command prints (a worker's traceback, the final error line) reaches a terminal or a SLURM
+    log as the run's own files do, redacted. Line-buffered, so a secret split across two
+    ``write`` calls is still caught within its line."""
+
+    def __init__(self, stream: Any, secrets: Iterable[str]) -> None:
+        self._stream = stream
+        self._secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._stream.write(scrub(done + "\n", self._secrets))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(scrub(self._pending, self._secrets))
+            self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
+def scrub_output(secrets: Iterable[str]) -> None:
+    """From now on, redact ``secrets`` (and the environment's) from this process's stdout and
+    stderr (the Python-level streams: what this process prints)."""
+    found = set(secrets) | secret_values()
+    if not found:
+        return
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, ScrubbedStream):
+            stream._secrets |= {s for s in found if len(s) >= MIN_SECRET_LEN}
+        else:
+            setattr(sys, name, ScrubbedStream(stream, found))

@@ -197,3 +197,8 @@ class RecordedShards(torch.utils.data.IterableDataset):
     def __iter__(self):  # type: ignore[no-untyped-def]
         for shard, n in enumerate(self.sizes):
             yield from self.read(shard, range(n))
+
+
+def leaky_dataset(split: str = "train", hf_token: str = "", size: int = 640):
+    """A user's dataset that fails with its secret in the message (as a URL with a token)."""
+    raise PermissionError(f"403 for https://hub.example/data?token={hf_token}")

@@ -4,6 +4,8 @@ import io
 import logging
 from collections import namedtuple
 
+import pytest
+
 from distrib.secrets import REDACTED, RedactingFilter, is_secret_key, redact, secret_values
 
 ENV_SECRET = "hf_abcdefghijklmnopqrstuvwxyz012345"
@@ -125,3 +127,20 @@ def test_of_two_secrets_where_one_holds_the_other_no_tail_of_the_longer_survives
         text = scrub(f"token={long} other={short} end", set(order))
         assert text == f"token={REDACTED} other={REDACTED} end", text
         assert "-and-more-of-it" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["environment", "config"])
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_secret_in_a_workers_error_never_reaches_the_console(tmp_path, where, nproc):
+    from helpers import train_cli
+
+    secret = "hf_" + "SeCrEt" * 5
+    env = {"HF_TOKEN": secret} if where == "environment" else {}
+    res = train_cli(tmp_path / "run", "data.train._target_=fixtures.leaky_dataset",
+                    f"+data.train.hf_token={secret}", nproc=nproc, env=env)  # fmt: skip
+    assert res.returncode == 1
+    assert secret not in res.stdout + res.stderr  # the console, hence a SLURM log too
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distrib: error: ")
+    assert "403 for https://hub.example/data?token=<redacted>" in last

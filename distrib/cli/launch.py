@@ -65,8 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distrib.secrets import scrub_output
+
     parser = _parser()
     ns = parser.parse_args(argv)
+    scrub_output(())  # the environment's secrets never reach what this command prints
     if ns.slurm:
         return _submit(parser, ns)
     try:

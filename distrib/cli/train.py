@@ -155,7 +155,7 @@ def _task(cfg: Any) -> Any:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     values = OmegaConf.to_container(cfg, resolve=True)
     # hydra has already copied the command line into .hydra/: cut the secrets out of it
-    from distrib.secrets import config_secrets, scrub_files, secret_values
+    from distrib.secrets import config_secrets, scrub_files, scrub_output, secret_values
 
     hydra_files = [run_dir / hydra_cfg.output_subdir / f for f in HYDRA_FILES]
     if hydra_cfg.output_subdir is not None:
@@ -166,6 +166,7 @@ def _task(cfg: Any) -> Any:
         group = Path(hydra_cfg.sweep.dir).as_posix().strip("/").replace("/", "-")
     said = _say_run_dir(run_dir)
     secrets = config_secrets(values) | secret_values()
+    scrub_output(secrets)  # what this command prints (a worker's error, say) is redacted too
     overrides = list(hydra_cfg.overrides.task)
 
     from distrib.cli import resume_hint
