@@ -4,11 +4,12 @@ piped output is plain (the metrics issue)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, train_cli
+from helpers import ROOT, run_cli, train_cli
 from wandb_reader import read_history, read_run
 
 SENTINEL = "sk-distrib-sentinel-0123456789abcdef"
@@ -120,3 +121,77 @@ def test_a_hydra_sweep_groups_its_wandb_runs(tmp_path: Path):
     assert runs[0].run_group == runs[1].run_group == sweep.as_posix().strip("/").replace("/", "-")
     assert runs[0].run_id != runs[1].run_id
     assert all((sweep / str(i) / "metrics.jsonl").exists() for i in (0, 1))
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from distrib.trainer import run_lock
+run_lock.acquire(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_run_directory_lock_names_its_holder_and_is_free_once_the_holder_dies(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import start
+
+    from distrib.errors import ConfigError
+    from distrib.trainer import run_lock
+
+    holder = start([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    who = run_lock.holder(tmp_path)
+    assert who is not None and who.startswith(f"pid {holder.pid} on ")
+    with pytest.raises(ConfigError) as e:
+        run_lock.acquire(tmp_path)
+    assert str(e.value) == (
+        f"run directory {tmp_path} is in use by another job ({who}): wait for it to end, or "
+        "give this run its own hydra.run.dir"
+    )
+    os.kill(holder.pid, signal.SIGKILL)  # a crash: nothing stale is left behind
+    holder.wait()
+    assert run_lock.holder(tmp_path) is None
+    run_lock.acquire(tmp_path)  # the same job, requeued or restarted, gets in
+    run_lock.release(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_second_job_in_a_running_jobs_directory_is_refused_and_the_first_goes_on(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from helpers import SMALL_RUN, run_cli, start
+
+    from distrib.loggers.jsonl import read_jsonl
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "distrib.train", *SMALL_RUN, "+data.train.delay=0.01",
+           "trainer.epochs=2", "launcher.nproc=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"}
+    first = start(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.1)
+    hydra_config = (run_dir / ".hydra" / "config.yaml").read_text()
+    second = run_cli(*cmd, "optim.lr=0.1", cwd=tmp_path)  # another lr: another job
+    assert second.returncode == 2
+    line = second.stderr.strip()
+    assert line.startswith(
+        f"distrib: error: run directory {run_dir} is in use by another job (pid "
+    )
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_config  # not overwritten
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 32  # one job's rows, none mixed in
+    again = run_cli(*[c for c in cmd if c != "trainer.epochs=2"], "trainer.epochs=3", cwd=tmp_path)
+    assert again.returncode == 0 and "resumed from" in again.stdout  # the same run goes on

@@ -112,7 +112,28 @@ def preflight(
         topology(cfg.launcher)  # bad multi-node settings: one line, before anything starts
     if cfg.trainer.resume not in ("auto", "never"):
         check_resume_file(Path(cfg.trainer.resume))
+    if env is None and not submitting and cfg.launcher.nnodes == 1:
+        _refuse_a_busy_run_dir(overrides)
     return cfg
+
+
+def _refuse_a_busy_run_dir(overrides: list[str]) -> None:
+    """Before hydra writes its ``.hydra/`` into it: a run directory another job holds (its
+    rank 0 locks it, `distrib.trainer.run_lock`) is refused in one line. Only a directory
+    named outright (``hydra.run.dir``, ``DISTRIB_RUN_ID``) can be shared; the default one is
+    new each launch. (Several nodes each run this command into one directory: there the
+    workers' own lock decides.)"""
+    from distrib.trainer import run_lock
+
+    named = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.run.dir=")]
+    if not named and os.environ.get("DISTRIB_RUN_ID"):
+        named = [f"outputs/{os.environ['DISTRIB_RUN_ID']}"]
+    for run_dir in named[-1:]:
+        who = run_lock.holder(Path(run_dir))
+        if who is not None:
+            from distrib.errors import ConfigError
+
+            raise ConfigError("hydra.run.dir", message=run_lock.refusal(Path(run_dir), who))
 
 
 def check_resume_file(path: Path) -> None:

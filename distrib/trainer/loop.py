@@ -26,12 +26,13 @@ from distrib.checkpoint import Checkpointer
 from distrib.config import Config, build, to_config
 from distrib.data import StreamLoader, eval_loader, loader
 from distrib.distributed.process_group import Context, session
+from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
 from distrib.parallel import strategy as par
 from distrib.rng import seed_all
 from distrib.tasks import Task, batch_size, to_device
-from distrib.trainer import preemption
+from distrib.trainer import preemption, run_lock
 from distrib.trainer.evaluation import describe, evaluate
 from distrib.trainer.guards import (
     NonFiniteLoss,
@@ -122,6 +123,7 @@ def fit(
         session(device=t.device, backend=t.backend, timeout_s=t.timeout_s) as ctx,
         preemption.install((*preemption.DEFAULT_SIGNALS, signal.SIGINT)) as flag,
     ):
+        _lock_run_dir(run_dir, ctx)  # before this job writes anything there
         setup_logging(run_dir, ctx.rank)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -153,8 +155,6 @@ def fit(
         same_length_everywhere(train_dl.sampler.dataset, ctx)  # a stream: its counted length
         eval_ds = build_named("data.eval", cfg.data["eval"])
         if hasattr(eval_ds, "__len__") and len(eval_ds) == 0:
-            from distrib.errors import ConfigError
-
             raise ConfigError(
                 "data.eval",
                 message=f"data.eval: {cfg.data['eval'].get('_target_')} has 0 samples: "
@@ -214,6 +214,8 @@ def fit(
         finally:
             ckpt.close()
             close_all(run.loggers)
+            if run_dir is not None:
+                run_lock.release(run_dir)  # the job is over for this rank
         log.info("final evaluation: %s", describe(result))
         out = {
             "rank": ctx.rank,
@@ -225,6 +227,25 @@ def fit(
         if return_weights:
             out["state_dict"] = par.full_state_dict(model)
         return out
+
+
+def _lock_run_dir(run_dir: Path | None, ctx: Context) -> None:
+    """Rank 0 holds the run directory's lock for the job (`distrib.trainer.run_lock`); every
+    rank learns whether it got it, so a refused job ends on every rank, in one line."""
+    if run_dir is None:
+        return
+    refused = ""
+    if ctx.is_main:
+        try:
+            run_lock.acquire(run_dir)
+        except ConfigError as e:
+            refused = str(e)
+    if ctx.is_distributed:
+        box = [refused]
+        dist.broadcast_object_list(box, src=0)
+        refused = box[0]
+    if refused:
+        raise ConfigError("hydra.run.dir", message=refused)
 
 
 def _resume(run: _Run, resume: str) -> None:
@@ -337,8 +358,6 @@ def _stream_state(dl: Any, state: TrainState) -> dict[str, Any] | None:
 def _check_best_metric(name: str | None, result: dict[str, Any], task: dict) -> None:
     """A ``best_metric`` the task does not report would keep no best checkpoint, silently."""
     if name is not None and name not in result:
-        from distrib.errors import ConfigError
-
         raise ConfigError(
             "trainer.checkpoint.best_metric",
             message=f"trainer.checkpoint.best_metric={name}: {task.get('_target_')} reports "
