@@ -235,15 +235,24 @@ def test_bad_settings_raise_config_error(tmp_path: Path, kwargs: dict, key: str)
         Checkpointer(tmp_path, **kwargs)
 
 
-def test_broken_manifest_falls_back_to_files(tmp_path: Path, warnings_logged) -> None:
+def test_broken_manifest_is_rebuilt_from_the_files_and_kept_aside(
+    tmp_path: Path, warnings_logged
+) -> None:
     ckpt = Checkpointer(tmp_path)
     ckpt.save(make_state(1), step=1, epoch=0)
     (tmp_path / "manifest.json").write_text("{not json")
     assert ckpt.latest_good()[1].name == "step-00000001.pt"
-    assert "manifest" in warnings_logged[0].getMessage()
+    said = warnings_logged[0].getMessage()
+    assert "unreadable manifest" in said and "rebuilt from the 1 checkpoint(s)" in said
+    assert (tmp_path / "manifest.json.bad").read_text() == "{not json"
+    entry = json.loads((tmp_path / "manifest.json").read_text())["checkpoints"]["step-00000001.pt"]
+    assert (
+        entry["sha256"] == hashlib.sha256((tmp_path / "step-00000001.pt").read_bytes()).hexdigest()
+    )
     ckpt.save(make_state(2), step=2, epoch=0)
     assert set(json.loads((tmp_path / "manifest.json").read_text())["checkpoints"]) == {
-        "step-00000002.pt"
+        "step-00000001.pt",
+        "step-00000002.pt",
     }
 
 

@@ -169,3 +169,52 @@ def test_sigterm_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path):
     assert f"resumed from {run_dir}/checkpoints/{latest}: epoch" in res.stdout
     assert f"step {step}," in res.stdout
     assert not (elsewhere / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_manifest_is_rebuilt_from_the_checkpoints_and_kept_aside(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(run_dir, "trainer.epochs=1", "trainer.checkpoint.every_steps=4", nproc=1)
+    manifest = run_dir / "checkpoints" / "manifest.json"
+    manifest.write_text('{"version": 1, "checkpoints": {')  # cut off mid-write by a hand
+    res = train(run_dir, "trainer.epochs=2", nproc=1)
+    said = res.stdout + res.stderr
+    assert "unreadable manifest" in said and "rebuilt from the 4 checkpoint(s) that load" in said
+    assert (run_dir / "checkpoints" / "manifest.json.bad").read_text().startswith('{"version"')
+    assert f"resumed from {run_dir}/checkpoints/step-00000016.pt" in res.stdout
+
+
+@pytest.mark.slow
+def test_when_no_checkpoint_verifies_the_run_stops_and_overwrites_nothing(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(run_dir, "trainer.epochs=1", "trainer.checkpoint.every_steps=8", nproc=1)
+    ckpts = run_dir / "checkpoints"
+    bad = sorted(ckpts.glob("step-*.pt"))
+    for p in bad:
+        p.write_bytes(p.read_bytes()[:100])  # every one truncated
+    before = {p.name: p.read_bytes() for p in bad}
+    res = train(run_dir, "trainer.epochs=1", nproc=1, check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"distrib: error: trainer.resume=auto: no checkpoint of {ckpts} verifies (2 there, "
+        "newest step-00000016.pt: see the lines above); they stay as they are -- "
+        "trainer.resume=never starts over beside them, trainer.resume=<path> picks one"
+    )
+    assert {p.name: p.read_bytes() for p in ckpts.glob("step-*.pt")} == before
+    fresh = train(run_dir, "trainer.epochs=1", "trainer.resume=never", nproc=1)
+    assert "resumed from" not in fresh.stdout
+    # the fresh run saved step 16 only: the unreadable file of that name was moved, not
+    # overwritten, and the other one is left as it was
+    kept = {p.name.split(".unread-")[0]: p.read_bytes() for p in ckpts.glob("step-*.pt.unread-*")}
+    assert kept == {"step-00000016.pt": before["step-00000016.pt"]}
+    assert (ckpts / "step-00000008.pt").read_bytes() == before["step-00000008.pt"]
+
+
+@pytest.mark.slow
+def test_a_resume_that_changes_the_data_or_the_seed_says_so(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(run_dir, "trainer.epochs=1", nproc=1)
+    res = train(run_dir, "trainer.epochs=2", "+data.train.size=600", "trainer.seed=5", nproc=1)
+    out = res.stdout + res.stderr
+    assert "data.train.size changed on resume: None -> 600 (the remaining epochs see" in out
+    assert "trainer.seed changed on resume: 0 -> 5 (the remaining epochs see" in out

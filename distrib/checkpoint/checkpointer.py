@@ -36,6 +36,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -187,6 +188,7 @@ class Checkpointer:
     ) -> None:
         if future is not None:
             future.result()  # every rank's shards are on disk (DCP's finish step on rank 0)
+        self._keep_aside(name)
         listing = sharded.commit(tmp, self.directory / name, extra)
         entry = {
             "size": sum(f["size"] for f in listing.values()),
@@ -296,7 +298,8 @@ class Checkpointer:
         """
         path = Path(path)
         self.wait()
-        entry = files.read_manifest(path.parent).get(path.name)
+        same = path.parent.resolve() == self.directory.resolve()
+        entry = (self._entries() if same else files.read_manifest(path.parent)).get(path.name)
         state = load_any(path, entry)
         if path.parent.resolve() == self.directory.resolve() and self.head != path.name:
             self.head = path.name
@@ -305,16 +308,48 @@ class Checkpointer:
         return state
 
     def _entries(self) -> dict[str, dict[str, Any]]:
-        """The manifest, or empty (with a warning) when it is unreadable.
+        """The manifest; an unreadable one is rebuilt from the checkpoints on disk.
 
-        A broken manifest must not stop a preempted job from resuming or saving: files on disk
-        are still found (without checksums), and the next save writes a fresh manifest.
+        A broken manifest must not brick the run directory: the writer (rank 0) keeps it aside
+        as ``manifest.json.bad``, and lists every checkpoint that loads (``weights_only``) with
+        its size and sha256 taken now; a reader that may not write does without checksums.
         """
         try:
             return files.read_manifest(self.directory)
         except CheckpointError as e:
-            log.warning("%s - ignored; checkpoint files on disk load without checksums", e)
-            return {}
+            if not self.enabled:
+                log.warning("%s - ignored; checkpoint files on disk load without checksums", e)
+                return {}
+            return self._rebuild_manifest(e)
+
+    def _rebuild_manifest(self, error: CheckpointError) -> dict[str, dict[str, Any]]:
+        bad = self.directory / f"{files.MANIFEST}.bad"
+        os.replace(self.directory / files.MANIFEST, bad)
+        entries: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.directory.glob("step-*")):
+            step = files.step_of(path.name)
+            if step is None:
+                continue
+            try:
+                state = load_any(path, None)
+            except CheckpointError:
+                continue  # unreadable: left on disk, out of the good set
+            entries[path.name] = {
+                **_listing(path),
+                "step": step,
+                "epoch": int(state.get("epoch", 0)),
+                "parent": None,
+                "metrics": {},
+                "time": path.stat().st_mtime,
+            }
+        files.write_manifest(self.directory, entries)
+        log.warning(
+            "%s - rebuilt from the %d checkpoint(s) that load; the bad one is kept as %s",
+            error,
+            len(entries),
+            bad.name,
+        )
+        return entries
 
     def _write(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         """Write one checkpoint, then the manifest and ``latest``, then prune: in that order,
@@ -323,7 +358,18 @@ class Checkpointer:
         name = files.checkpoint_name(meta["step"])
         self._finish(files.serialize(state, self.directory / name), name, meta)
 
+    def _keep_aside(self, name: str) -> None:
+        """A file of that name that did not verify (a fresh start beside bad checkpoints) is
+        renamed, never overwritten: it may be all that is left of a run."""
+        final = self.directory / name
+        entry = self._entries().get(name)
+        if final.exists() and (entry is None or entry.get("bad")):
+            aside = final.with_name(f"{name}.unread-{int(time.time())}")
+            os.replace(final, aside)
+            log.warning("%s did not verify: kept as %s, not overwritten", final, aside.name)
+
     def _finish(self, tmp: Path, name: str, meta: dict[str, Any]) -> None:
+        self._keep_aside(name)
         size, sha256 = files.commit(tmp, self.directory / name)
         self._record(name, {"size": size, "sha256": sha256, **meta, "time": time.time()})
 
@@ -362,6 +408,18 @@ class Checkpointer:
             pick = max if self.best_mode == "max" else min
             keep.add(pick(scored, key=lambda n: entries[n]["metrics"][metric]))
         return keep
+
+
+def _listing(path: Path) -> dict[str, Any]:
+    """A manifest entry's size and checksum(s), taken from the files as they are now."""
+    if path.is_dir():
+        listing = {
+            p.name: {"size": p.stat().st_size, "sha256": files.sha256_of(p)}
+            for p in sorted(path.iterdir())
+            if p.is_file()
+        }
+        return {"size": sum(f["size"] for f in listing.values()), "files": listing}
+    return {"size": path.stat().st_size, "sha256": files.sha256_of(path)}
 
 
 def load_any(path: Path, entry: dict[str, Any] | None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distrib.checkpoint import Checkpointer
+from distrib.checkpoint.files import step_of
 from distrib.config import Config, build, to_config
 from distrib.data import StreamLoader, eval_loader, loader
 from distrib.distributed.process_group import Context, session
@@ -44,6 +45,7 @@ from distrib.trainer.metrics import Metrics, StepTimer, record_step, report
 from distrib.trainer.resume_policy import (
     apply_hyperparameters,
     check_compatible,
+    data_changes,
     hyperparameter_changes,
 )
 from distrib.trainer.state import TrainState, capture, restore, sharded_state
@@ -252,17 +254,29 @@ def _resume(run: _Run, resume: str) -> None:
     """Load the checkpoint ``resume`` names (auto: newest good one; never: none)."""
     if resume == "never":
         return
-    path = ""
+    path, refused = "", ""
     if run.ctx.is_main:
         if resume == "auto":
             found = run.ckpt.latest_good()
             path = str(found[1]) if found is not None else ""
+            left = sorted(
+                p.name for p in run.ckpt.directory.glob("step-*") if step_of(p.name) is not None
+            )
+            if found is None and left:  # not a fresh start over files that could not be read
+                refused = (
+                    f"trainer.resume=auto: no checkpoint of {run.ckpt.directory} verifies "
+                    f"({len(left)} there, newest {left[-1]}: see the lines above); they stay "
+                    "as they are -- trainer.resume=never starts over beside them, "
+                    "trainer.resume=<path> picks one"
+                )
         else:
             path = resume
     if run.ctx.is_distributed:  # rank 0 chose; every rank loads that same file
-        box = [path]
+        box = [path, refused]
         dist.broadcast_object_list(box, src=0)
-        path = box[0]
+        path, refused = box
+    if refused:
+        raise ConfigError("trainer.resume", message=refused)
     if not path:
         return
     data = run.ckpt.load(Path(path))
@@ -282,6 +296,8 @@ def _resume(run: _Run, resume: str) -> None:
         said = run.train_dl.check_resume(data.get("data"), Path(path))
         if said and run.ctx.is_main:
             log.info("%s", said)
+    for line in data_changes(data.get("config"), current):
+        log.warning(line)
     changes = hyperparameter_changes(data.get("config"), current)
     apply_hyperparameters(run.optimizer, run.scheduler, changes)
     run.saved_step = run.state.step

@@ -71,6 +71,40 @@ def _first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any] | No
     return None if old == new else (key, old, new)
 
 
+def data_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """What changes what the remaining epochs see -- the training data's arguments, or the
+    seed (the data order, every rank's random numbers after a reseed) -- as log lines: applied
+    (a moved dataset, more data, a new seed may be meant), but never silently."""
+    if not saved:
+        return []
+    lines = []
+    for key, old, new in (
+        ("data.train", (saved.get("data") or {}).get("train"), current["data"].get("train")),
+        ("trainer.seed", (saved.get("trainer") or {}).get("seed"), current["trainer"]["seed"]),
+    ):
+        while (diff := _first_difference(key, old, new)) is not None:
+            where, was, now = diff
+            lines.append(
+                f"{where} changed on resume: {was!r} -> {now!r} (the remaining epochs see "
+                "other data or another order than the checkpoint's run would have)"
+            )
+            old, new = _without(old, where, key), _without(new, where, key)
+    return lines
+
+
+def _without(node: Any, where: str, key: str) -> Any:
+    """``node`` (at ``key``) with the sub-key ``where`` removed, to find the next difference."""
+    if where == key or not isinstance(node, dict):
+        return None
+    head, _, rest = where[len(key) + 1 :].partition(".")
+    out = dict(node)
+    if rest:
+        out[head] = _without(out.get(head), where, f"{key}.{head}")
+    else:
+        out.pop(head, None)
+    return out
+
+
 def hyperparameter_changes(
     saved: dict[str, Any] | None, current: dict[str, Any]
 ) -> dict[str, tuple[Any, Any]]:
