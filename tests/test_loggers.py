@@ -99,7 +99,7 @@ def test_jsonl_round_trips_and_appends_on_resume(tmp_path):
     assert read_jsonl(tmp_path / "metrics.jsonl") == ROWS[:2]
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 25, "lo')  # torn by the kill
-    resumed = _make(["jsonl"], tmp_path)
+    resumed = _make(["jsonl"], tmp_path, start_step=20)  # resumed from step 20
     log_all(resumed, {**ROWS[2], "bad": math.nan}, ROWS[2]["step"])
     close_all(resumed)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -22,12 +22,13 @@ ABANDONED = "metrics.abandoned.jsonl"
 
 class JsonlLogger:
     """Appends ``{"step": step, **metrics}`` to ``path`` (created with its parent folders);
-    ``start_step``: where this job resumed (rows past it are moved aside first)."""
+    ``start_step``: where this job starts (a resume's step, 0 for a fresh start): rows past it
+    are moved aside first (None: append to what is there)."""
 
-    def __init__(self, path: Path, start_step: int = 0) -> None:
+    def __init__(self, path: Path, start_step: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if start_step is not None and self.path.exists():
             set_aside_after(self.path, start_step)
         self._file = self.path.open("a", encoding="utf-8")
         if self._file.tell() > 0 and not _ends_with_newline(self.path):
