@@ -70,7 +70,14 @@ def test_workers_get_a_core_share_and_the_interface_to_bind(monkeypatch: pytest.
         "NCCL_SOCKET_IFNAME": "eth1",
     }
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
-    assert worker_env(Topology(nproc_per_node=4), cores=16) == {}
+    # one node: loopback, so a single-node job is reachable from nowhere (unless told)
+    assert worker_env(Topology(nproc_per_node=4), cores=16) == {
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_SOCKET_IFNAME": "lo",
+    }
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth0")
+    assert worker_env(Topology(nproc_per_node=4), cores=16) == {"NCCL_SOCKET_IFNAME": "lo"}
+    assert "GLOO_SOCKET_IFNAME" not in worker_env(Topology(nnodes=2, rdzv_endpoint="h:1"))
 
 
 def test_every_node_names_the_job_alike_without_an_rdzv_id():

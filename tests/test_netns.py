@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -119,3 +121,45 @@ def test_run_timeout_kills_children_in_their_own_session(tmp_path: Path) -> None
         while _alive(grandchild) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(grandchild)
+
+
+HOSTNAME_AT = r"""
+set -e
+hostname {name}
+printf '%s {name}\n127.0.0.1 localhost\n' {addr} > {hosts}
+mount --bind {hosts} /etc/hosts
+exec "$@"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["trainer", "launch"])
+def test_a_single_node_job_listens_on_loopback_only_where_the_hostname_resolves_out(
+    tmp_path: Path, how: str
+) -> None:
+    # seen before: in a namespace whose hostname maps to its veth address, the trainer and
+    # distrib.launch (gloo, by the hostname) listened on that address besides 127.0.0.1
+    from helpers import ROOT, SMALL_RUN
+
+    scripts = ROOT / "tests" / "scripts"
+    job = (
+        [sys.executable, "-m", "distrib.train", *SMALL_RUN, "launcher.nproc=2",
+         f"hydra.run.dir={tmp_path / 'run'}"]
+        if how == "trainer"
+        else [sys.executable, "-m", "distrib.launch", "--nproc", "2",
+              str(scripts / "ddp_script.py"), "--out", str(tmp_path)]
+    )  # fmt: skip
+    with two_hosts() as hosts:
+        wrap = HOSTNAME_AT.format(name="node0", addr=hosts.addrs[0], hosts=tmp_path / "hosts")
+        out = tmp_path / "listening.json"
+        res = hosts.run(
+            0,
+            ["unshare", "--uts", "--mount", "bash", "-c", wrap, "wrap", sys.executable,
+             str(scripts / "listening.py"), str(out), "--", *job],
+            timeout=240, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "WANDB_MODE": "disabled"},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    assert seen["returncode"] == 0
+    assert seen["listening"] and set(seen["listening"]) <= {"127.0.0.1", "::1"}, seen

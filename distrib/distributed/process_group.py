@@ -172,6 +172,7 @@ def init(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if env.world_size > 1 and not dist.is_initialized():
+        _bind_loopback_when_local(env.master_addr)
         dist.init_process_group(
             backend=backend,
             init_method=None if store else f"tcp://{env.master_addr}:{env.master_port}",
@@ -185,6 +186,19 @@ def init(
     _current = Context(env=env, device=dev, backend=backend, timeout_s=timeout_s)
     atexit.register(_shutdown_at_exit)
     return _current
+
+
+def _bind_loopback_when_local(master_addr: str) -> None:
+    """A job whose master is on loopback is one machine (torchrun --standalone, our launcher):
+    gloo then binds loopback too, not the address the hostname resolves to -- else a
+    single-node job listens on the network. A ``GLOO_SOCKET_IFNAME`` already set wins."""
+    import socket
+
+    if "GLOO_SOCKET_IFNAME" in os.environ or master_addr not in ("127.0.0.1", "localhost", "::1"):
+        return
+    with contextlib.suppress(OSError):
+        if "lo" in {name for _, name in socket.if_nameindex()}:
+            os.environ["GLOO_SOCKET_IFNAME"] = "lo"
 
 
 def shutdown(*, barrier: bool = True) -> None:

@@ -118,16 +118,31 @@ def worker_env(topology: Topology, cores: int | None = None) -> dict[str, str]:
     """Variables every worker gets on top of torch elastic's own (what torchrun sets too).
 
     OMP_NUM_THREADS: cores / local workers (torchrun sets 1), so workers do not fight for cores;
-    a value the user set wins. The socket interface, when named, for both gloo and NCCL.
+    a value the user set wins. The socket interface, when named, for both gloo and NCCL; on one
+    node the loopback interface: gloo otherwise binds the address the hostname resolves to,
+    and a single-node job is reachable from the network (seen: 10.99.0.1 besides 127.0.0.1).
     """
     env: dict[str, str] = {}
     if "OMP_NUM_THREADS" not in os.environ:
         cores = cores or _cores()
         env["OMP_NUM_THREADS"] = str(max(1, cores // topology.nproc_per_node))
-    if topology.ifname:
-        env["GLOO_SOCKET_IFNAME"] = topology.ifname
-        env["NCCL_SOCKET_IFNAME"] = topology.ifname
+    ifname = topology.ifname or (loopback_ifname() if topology.nnodes == 1 else None)
+    if ifname:
+        for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if topology.ifname or key not in os.environ:
+                env[key] = ifname
     return env
+
+
+def loopback_ifname() -> str | None:
+    """This machine's loopback interface (``lo`` on Linux), or None where there is none."""
+    import socket
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in names if n == "lo" or n.startswith("lo0")), None)
 
 
 def _cores() -> int:
