@@ -160,10 +160,12 @@ def test_a_script_that_never_imports_distrib_runs_on_two_nodes(tmp_path: Path, r
     )
     assert res.returncode == 0, res.stderr[-3000:]
     how = ["--node-rank", "{i}"] if rendezvous == "static" else ["--rdzv-id", "s1"]
+    listening = [PY, str(SCRIPTS / "listening.py"), str(tmp_path / "listening-{i}.json"), "--"]
     with two_hosts() as hosts:
         results = on_both_nodes(
             hosts,
             [
+                *listening,
                 PY,
                 "-m",
                 "distrib.launch",
@@ -192,6 +194,13 @@ def test_a_script_that_never_imports_distrib_runs_on_two_nodes(tmp_path: Path, r
     b = torch.load(two / "final.pt", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    if rendezvous == "c10d":  # our stores listen on the node's own address, not on every one
+        import json
+
+        for i in (0, 1):
+            seen = json.loads((tmp_path / f"listening-{i}.json").read_text())["listening"]
+            assert seen and not {"0.0.0.0", "::"} & set(seen), (i, seen)
+            assert set(seen) <= {hosts.addrs[i], "127.0.0.1", "::1"}, (i, seen)
 
 
 @pytest.mark.waits

@@ -83,3 +83,13 @@ def test_workers_get_a_core_share_and_the_interface_to_bind(monkeypatch: pytest.
 def test_every_node_names_the_job_alike_without_an_rdzv_id():
     topo = Topology(nnodes=2, node_rank=0, rdzv_endpoint="h:1")
     assert launch_config(topo).run_id == launch_config(topo).run_id == "none"  # torchrun's
+
+
+def test_a_shared_secret_makes_the_multi_node_rendezvous_key_unguessable():
+    from distrib.launch.topology import secret_run_id
+
+    assert secret_run_id("exp1", {}) == "exp1"  # no secret: the name alone (torchrun's way)
+    keyed = secret_run_id("exp1", {"DISTRIB_RDZV_SECRET": "s3cr3t"})
+    assert keyed.startswith("exp1-") and len(keyed) == len("exp1-") + 16
+    assert keyed == secret_run_id("exp1", {"DISTRIB_RDZV_SECRET": "s3cr3t"})  # every node alike
+    assert keyed != secret_run_id("exp1", {"DISTRIB_RDZV_SECRET": "other"})

@@ -6,11 +6,15 @@ assumes "a new TCPStore for every retry"), and in the store torch shares across 
 found the dead group's gloo addresses: ``Gloo connectFullMesh failed ... Connection refused``,
 or a restarted pair waiting on them forever.
 
-``distrib-loopback`` (one machine) also binds both of its TCP stores to 127.0.0.1: torch's stock
-c10d creates them with ``TCPStore(host, port, is_master=True)``, which listens on every
-interface whatever ``host`` says. This backend binds the listening sockets itself and hands them
-to ``TCPStore`` through ``master_listen_fd``. ``distrib-c10d`` (several nodes) must be reachable
-from the other nodes, so it listens as torch does.
+Both also bind their TCP stores to one address: torch's stock c10d creates them with
+``TCPStore(host, port, is_master=True)``, which listens on every interface whatever ``host``
+says. These backends bind the listening sockets themselves and hand them to ``TCPStore``
+through ``master_listen_fd``: ``distrib-loopback`` (one machine) to 127.0.0.1,
+``distrib-c10d`` (several nodes) to the endpoint's address (the rendezvous store) and to this
+node's ``local_addr`` (the per-round store its workers use). The stores have no
+authentication (pytorch's SECURITY.md): the rendezvous port must be reachable from the job's
+nodes only, and ``DISTRIB_RDZV_SECRET`` makes the rendezvous key unguessable
+(`distrib.launch.topology`).
 """
 
 from __future__ import annotations
@@ -24,23 +28,32 @@ C10D_BACKEND = "distrib-c10d"
 LOOPBACK = "127.0.0.1"
 
 
-def loopback_store(timeout_s: float = 60.0) -> Any:
-    """A TCPStore server listening on 127.0.0.1 at a free port."""
+def bound_store(host: str, port: int = 0, timeout_s: float = 60.0) -> Any:
+    """A TCPStore server listening on ``host``'s address only (``port`` 0: a free one)."""
     from torch.distributed import TCPStore
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((LOOPBACK, 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    store = TCPStore(
-        LOOPBACK,
-        port,
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return TCPStore(
+        host,
+        sock.getsockname()[1],
         is_master=True,
         multi_tenant=True,
         timeout=timedelta(seconds=timeout_s),
         master_listen_fd=sock.detach(),  # the store owns the fd from here on
     )
-    return store
+
+
+def loopback_store(timeout_s: float = 60.0) -> Any:
+    """A TCPStore server listening on 127.0.0.1 at a free port."""
+    return bound_store(LOOPBACK, 0, timeout_s)
 
 
 def _named_backend(name: str) -> type:
@@ -76,13 +89,44 @@ def _create_loopback_handler(params: Any) -> Any:
     return _fresh_store_per_round(handler)
 
 
+def _rendezvous_store(params: Any) -> Any:
+    """torch's c10d store for ``params`` (host it when this node is the endpoint, else join),
+    the host's bound to the endpoint's address instead of every interface."""
+    from torch.distributed import TCPStore
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
+    from torch.distributed.elastic.rendezvous.utils import (
+        _matches_machine_hostname,
+        parse_rendezvous_endpoint,
+    )
+
+    host, port = parse_rendezvous_endpoint(params.endpoint, default_port=29400)
+    said = params.get_as_bool("is_host")
+    is_host = said if said is not None else _matches_machine_hostname(host)
+    timeout = float(params.get_as_int("read_timeout", 60) or 60)
+    try:
+        if is_host:
+            try:
+                return bound_store(host, port, timeout)
+            except OSError:
+                if said:  # told to host it, and cannot: say so
+                    raise
+                # guessed from the hostname: another process of this machine hosts it
+        return TCPStore(host, port, is_master=False, multi_tenant=True,
+                        timeout=timedelta(seconds=timeout))  # fmt: skip
+    except (OSError, RuntimeError, ValueError) as e:
+        raise RendezvousConnectionError(
+            "The connection to the C10d store has failed. See inner exception for details."
+        ) from e
+
+
 def _create_c10d_handler(params: Any) -> Any:
-    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import create_backend
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
 
-    _, store = create_backend(params)
+    store = _rendezvous_store(params)
     backend = _named_backend(C10D_BACKEND)(store, params.run_id)
-    return _fresh_store_per_round(create_handler(store, backend, params))
+    handler = create_handler(store, backend, params)
+    handler._create_tcp_store_server = lambda addr, port: bound_store(addr, port)
+    return _fresh_store_per_round(handler)
 
 
 def register() -> tuple[str, str]:

@@ -152,6 +152,19 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def secret_run_id(name: str, environ: Any = None) -> str:
+    """The rendezvous key of a multi-node job: its name, and with ``DISTRIB_RDZV_SECRET`` (the
+    same on every node) a part derived from it. The c10d store has no authentication: anyone
+    who reaches the port and knows the key can write the rendezvous state, which torch
+    unpickles; a key with a secret part cannot be guessed from the command line."""
+    import hashlib
+
+    secret = (os.environ if environ is None else environ).get("DISTRIB_RDZV_SECRET", "")
+    if not secret:
+        return name
+    return f"{name}-{hashlib.sha256(f'{secret}/{name}'.encode()).hexdigest()[:16]}"
+
+
 def launch_config(
     topology: Topology, *, run_id: str | None = None, start_method: str = "spawn"
 ) -> Any:
@@ -165,12 +178,13 @@ def launch_config(
     if start_method not in ("spawn", "fork"):  # "auto" is decided by distrib.launch.local
         raise ValueError(f"start_method={start_method!r}: expected spawn or fork")
 
+    name = run_id or topology.rdzv_id or (
+        f"local-{uuid.uuid4().hex[:8]}" if topology.single_node else "none"
+    )
     common: dict[str, Any] = {
         "nproc_per_node": topology.nproc_per_node,
         # Every node must name the job alike: torchrun's default id when the user gave none.
-        "run_id": run_id
-        or topology.rdzv_id
-        or (f"local-{uuid.uuid4().hex[:8]}" if topology.single_node else "none"),
+        "run_id": name if topology.single_node else secret_run_id(name),
         "max_restarts": topology.max_restarts,
         "monitor_interval": 0.1,
         "start_method": start_method,
