@@ -332,3 +332,67 @@ def test_a_requeue_exit_beside_a_failure_is_a_failure(tmp_path: Path):
     assert last.startswith("distrib: error: worker rank 1 exited with code 1"), res.stderr[-2000:]
     # and it is not retried as a crash either: a worker saved on purpose
     assert sorted(p.name for p in tmp_path.glob("attempt*")) == ["attempt0-rank0", "attempt0-rank1"]
+
+
+def test_a_run_id_an_ended_job_used_on_a_lasting_store_is_refused_in_one_line(tmp_path: Path):
+    """A rendezvous store that outlives its job (a standing TCPStore) keeps the ended job's
+    rendezvous closed: the next job with that id got torch's bare ``RendezvousClosedError``."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from helpers import free_port
+
+    port = free_port()
+    store = dist.TCPStore(  # noqa: F841 (the endpoint: serves while the test holds it)
+        "127.0.0.1", port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
+    )
+    argv = ["--nnodes", "1", "--nproc", "1", "--rdzv-id", "exp1", "--rdzv-endpoint",
+            f"127.0.0.1:{port}", "--rdzv-timeout", "20", str(SCRIPTS / "probe_env.py")]  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = launch(*argv, str(tmp_path / "a"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = launch(*argv, str(tmp_path / "b"), cwd=tmp_path)
+    assert again.returncode == 1
+    [line] = again.stderr.strip().splitlines()
+    assert line == (
+        f"distrib: error: rendezvous at 127.0.0.1:{port} (distrib-c10d, run id exp1) failed: "
+        "closed: a job with this run id has ended on this endpoint (its rendezvous is closed "
+        "for good); give this job a new id (--rdzv-id, launcher.rdzv_id)"
+    ), again.stderr[-3000:]
+    assert not list((tmp_path / "b").glob("env-*.json"))  # no worker of the second job ran
+
+
+@pytest.mark.waits
+def test_an_endpoint_that_accepts_and_never_answers_fails_in_one_line_not_a_hang(
+    tmp_path: Path,
+):
+    """Something else listening on the rendezvous port (it accepts, says nothing): torch's
+    store client waited for its answer forever."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    held = []
+    threading.Thread(
+        target=lambda: held.extend(server.accept() for _ in range(8)), daemon=True
+    ).start()
+
+    begin = time.monotonic()
+    res = launch("--nnodes", "2", "--nproc", "1", "--rdzv-id", "f", "--rdzv-endpoint",
+                 f"127.0.0.1:{port}", "--rdzv-timeout", "5", str(SCRIPTS / "probe_env.py"),
+                 str(tmp_path), cwd=tmp_path, timeout=150)  # fmt: skip
+    took = time.monotonic() - begin
+    server.close()
+    assert res.returncode == 1
+    [line] = res.stderr.strip().splitlines()
+    assert line == (
+        f"distrib: error: rendezvous at 127.0.0.1:{port} (distrib-c10d, run id f) failed: "
+        "TimeoutError: the endpoint accepted the connection but did not answer as a c10d "
+        "store within 25 s: is another service listening on that port?"
+    ), res.stderr[-3000:]
+    assert took < 25 + 60, took  # the bound plus a loaded start-up
+    assert not list(tmp_path.glob("env-*.json"))

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -340,7 +341,9 @@ def run(
     captured = Captured()
     try:
         with captured_stderr() as captured:  # the store connects: its C++ warnings are loud
-            handler = registry.get_rendezvous_handler(params)
+            handler = _answered_within(
+                _store_wait_s(config), registry.get_rendezvous_handler, params
+            )
         sys.stderr.write(captured.without_frames())
         if callable(entrypoint):  # a script goes through distrib.launch.script, which guards
             entrypoint, args = _guarded, (entrypoint, *args)
@@ -387,6 +390,47 @@ def run(
         quiet()
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+STORE_GRACE_S = 20.0
+"""Beyond the rendezvous timeout, how long the endpoint may take to answer its first request
+before we give up on it (torch's own connect timeout, at the rendezvous timeout, says why
+first when nothing listens)."""
+
+
+def _store_wait_s(config: Any) -> float:
+    timeout = float(config.rdzv_configs.get("join_timeout", 600))
+    return timeout + STORE_GRACE_S
+
+
+def _answered_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or `TimeoutError` after ``seconds``.
+
+    torch's TCPStore client connects, then waits for the server's answer to its first
+    request with no timeout at all: an endpoint where something else listens (another
+    service, a stale port forward) that accepts and never replies hung the launch for good.
+    The call runs in a daemon thread (it holds no lock of ours and releases the GIL while it
+    waits); on timeout it is left there and the process goes on to fail in one line.
+    """
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=call, name="distrib-store-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(
+            f"the endpoint accepted the connection but did not answer as a c10d store within "
+            f"{seconds:g} s: is another service listening on that port?"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _quiet_torch_logs() -> Callable[[], None]:

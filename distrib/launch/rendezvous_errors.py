@@ -5,7 +5,8 @@ a 30-frame C++ stack: an unreachable endpoint printed 42-114 lines before our on
 store connects and while the nodes meet, fd 2 is captured here (`captured_stderr`); on failure
 its first error line goes into ours and the frames are dropped, on success what it said is
 passed on without the frames. A lone node that waits out ``rdzv_timeout_s`` says how many of
-the nodes it waited for joined, and which (`describe`).
+the nodes it waited for joined, and which; a run id that an ended job used on a store that
+outlived it says so, where torch says only ``RendezvousClosedError`` (`describe`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ def describe(error: BaseException, captured: Captured, handler: Any, config: Any
     why = f"{type(error).__name__}: {first}"
     if type(error).__name__ == "RendezvousTimeoutError":
         why = "timed out" + _who_joined(handler, config)
+    elif type(error).__name__ == "RendezvousClosedError":  # torch's message is its own name
+        why = (
+            "closed: a job with this run id has ended on this endpoint (its rendezvous is "
+            "closed for good); give this job a new id (--rdzv-id, launcher.rdzv_id)"
+        )
     elif captured.errors() and captured.errors()[0] not in why:
         why += f" ({captured.errors()[0]})"
     return (
