@@ -392,7 +392,7 @@ def run(
         os.environ.update(saved_env)
 
 
-STORE_GRACE_S = 20.0
+STORE_GRACE_S = 5.0
 """Beyond the rendezvous timeout, how long the endpoint may take to answer its first request
 before we give up on it (torch's own connect timeout, at the rendezvous timeout, says why
 first when nothing listens)."""
