@@ -178,8 +178,10 @@ def launch_config(
     if start_method not in ("spawn", "fork"):  # "auto" is decided by distrib.launch.local
         raise ValueError(f"start_method={start_method!r}: expected spawn or fork")
 
-    name = run_id or topology.rdzv_id or (
-        f"local-{uuid.uuid4().hex[:8]}" if topology.single_node else "none"
+    name = (
+        run_id
+        or topology.rdzv_id
+        or (f"local-{uuid.uuid4().hex[:8]}" if topology.single_node else "none")
     )
     common: dict[str, Any] = {
         "nproc_per_node": topology.nproc_per_node,
