@@ -112,6 +112,9 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward instead of keeping them (both
     strategies): about one more forward pass for much less activation memory."""
+    peak_tflops: float = 0.0
+    """The device's dense peak TFLOP/s per rank at ``precision``, for the ``mfu`` of each log
+    row; 0: from distrib's table by GPU name (A100, H100, H200, L40S, L4; none on a CPU)."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -166,6 +169,7 @@ class TrainerConfig:
             self.backend,
             "auto, gloo or nccl",
         )
+        check(self.peak_tflops >= 0, "trainer.peak_tflops", self.peak_tflops, "a number >= 0")
         check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
         check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
         buffer = self.shuffle_buffer

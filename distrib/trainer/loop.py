@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from distrib.loggers.rank_logs import setup_logging
 from distrib.parallel import strategy as par
 from distrib.rng import seed_all
 from distrib.tasks import Task, batch_size, to_device
+from distrib.trainer import flops as fl
 from distrib.trainer import preemption, run_lock
 from distrib.trainer.evaluation import describe, evaluate
 from distrib.trainer.guards import (
@@ -79,6 +81,10 @@ class _Run:
     saved_step: int = -1
     train_dl: Any = None
     """The training loader: a stream's position goes into each checkpoint (`StreamLoader`)."""
+    flops_per_sample: float | None = None
+    """A sample's training FLOPs, counted on the first micro-batch (`distrib.trainer.flops`)."""
+    peak_tflops: float | None = None
+    """The device's dense peak at the run's precision (``trainer.peak_tflops`` or the table)."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -186,6 +192,7 @@ def fit(
             _check_best_metric(c.best_metric, {f"eval_{n}": 0 for n in names}, cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         run.train_dl = train_dl
+        run.peak_tflops = t.peak_tflops or fl.peak_tflops(fl.device_name(ctx.device), t.precision)
         try:
             _resume(run, t.resume if run_dir is not None else "never")
             steps_per_epoch = -(-len(train_dl) // t.grad_accum)
@@ -385,6 +392,21 @@ def _done(state: TrainState, max_steps: int) -> bool:
     return max_steps > 0 and state.step >= max_steps
 
 
+def _count_flops(run: _Run, batch: Any) -> float:
+    """A sample's forward + backward FLOPs on the user's module (eager, side effects undone)."""
+    model = par.unwrap(run.model)
+
+    def forward() -> torch.Tensor:
+        with par.autocast(run.model, run.ctx.device, run.cfg.trainer.precision):
+            return run.task(model=model, batch=batch).loss
+
+    per_sample = fl.count_flops_per_sample(model, forward, batch_size(batch))
+    if run.ctx.is_main:
+        peak = f"{run.peak_tflops:g} TFLOP/s" if run.peak_tflops else "unknown (no mfu)"
+        log.info("%.4g FLOPs per training sample; peak per rank %s", per_sample, peak)
+    return per_sample
+
+
 def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> bool:
     """Train from the state's position to the end of the epoch; True when preempted."""
     t, ctx, state = run.cfg.trainer, run.ctx, run.state
@@ -396,11 +418,16 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
     metrics, timer = Metrics(), StepTimer(ctx.device)
     step_loss: torch.Tensor | float = 0.0  # stays on the device: read back at log steps only
     step_samples = 0
+    logged_at = state.step
     for i, batch in enumerate(timer.iterate(dl)):
         first = i - i % t.grad_accum
         in_step = min(t.grad_accum, n_micro - first)  # the last step may be short
         last_micro = i - first == in_step - 1
         batch = to_device(batch, ctx.device)
+        if run.flops_per_sample is None:  # once a run, on its first batch; not timed
+            started = time.perf_counter()
+            run.flops_per_sample = _count_flops(run, batch)
+            timer.exclude(time.perf_counter() - started)
         with par.accumulate(run.model, sync=last_micro):
             with par.autocast(run.model, ctx.device, t.precision):
                 loss = run.task(model=run.model, batch=batch).loss
@@ -438,6 +465,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             step_s=step_s,
             data_wait_s=wait_s,
             loss_weight=0 if skipped else None,
+            flops=run.flops_per_sample * step_samples if run.flops_per_sample else None,
         )
         step_loss, step_samples = 0.0, 0
         # The host waits (for the device, for the other ranks) at log steps only: one
@@ -451,7 +479,10 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 step=state.step,
                 lr=run.optimizer.param_groups[0]["lr"],
                 stop=flag.requested,
+                steps=state.step - logged_at,
+                peak_tflops=run.peak_tflops,
             )
+            logged_at = state.step
             stop = row.pop("stop_requested") > 0
             state.history.append(row)
             log_all(run.loggers, row, state.step)
