@@ -67,7 +67,8 @@ class TrainerConfig:
     seed: int = 0
     """Seeds model init (equal on every rank), the data order and data workers."""
     precision: str = "fp32"
-    """fp32, or bf16 autocast for forward passes."""
+    """fp32, bf16 autocast for forward passes, or fp16 autocast with a gradient scaler (its
+    state checkpointed; an overflowed step skipped and counted in ``skipped_steps``)."""
     clip_grad_norm: float = 0.0
     """Clip the global gradient norm to this (0: off)."""
     device: str = "auto"
@@ -152,7 +153,7 @@ class TrainerConfig:
             self.precision in PRECISIONS,
             "trainer.precision",
             self.precision,
-            " or ".join(PRECISIONS),
+            ", ".join(PRECISIONS),
         )
         check(
             self.clip_grad_norm >= 0, "trainer.clip_grad_norm", self.clip_grad_norm, "a number >= 0"

@@ -81,9 +81,10 @@ def wrap_fsdp(
         found = checkpoint_blocks(model, found)
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     options: dict = {"mesh": mesh, "reshard_after_forward": fsdp.reshard_after_forward}
-    if precision == "bf16":  # bf16 compute and gathers, fp32 gradient reduction (torchtitan's)
-        options["mp_policy"] = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+    if precision in ("bf16", "fp16"):  # low-precision compute and gathers, fp32 reduction
+        options["mp_policy"] = MixedPrecisionPolicy(  # (torchtitan's)
+            param_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+            reduce_dtype=torch.float32,
         )
     if fsdp.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()

@@ -31,6 +31,7 @@ from distrib.distributed.process_group import Context, session
 from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
+from distrib.parallel import precision
 from distrib.parallel import strategy as par
 from distrib.rng import seed_all
 from distrib.tasks import Task, batch_size, to_device
@@ -85,6 +86,8 @@ class _Run:
     """A sample's training FLOPs, counted on the first micro-batch (`distrib.trainer.flops`)."""
     peak_tflops: float | None = None
     """The device's dense peak at the run's precision (``trainer.peak_tflops`` or the table)."""
+    scaler: Any = None
+    """fp16's gradient scaler (`distrib.parallel.precision.grad_scaler`); None otherwise."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -105,6 +108,7 @@ class _Run:
             global_batch=self.cfg.trainer.global_batch_size,
             config=dataclasses.asdict(self.cfg),
             data=_stream_state(self.train_dl, self.state),
+            scaler=self.scaler,
         )
         shards = sharded_state(self.model, self.optimizer) if par.is_sharded(self.model) else None
         self.ckpt.save(
@@ -136,6 +140,7 @@ def fit(
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_all(t.seed)  # same seed everywhere: equal replicas before DDP even broadcasts
+        precision.check_supported(ctx.device, t.precision)
         model = par.wrap(
             build_named("model", cfg.model),
             ctx,
@@ -192,6 +197,7 @@ def fit(
             _check_best_metric(c.best_metric, {f"eval_{n}": 0 for n in names}, cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         run.train_dl = train_dl
+        run.scaler = precision.grad_scaler(ctx.device, t.precision, sharded=par.is_sharded(model))
         run.peak_tflops = t.peak_tflops or fl.peak_tflops(fl.device_name(ctx.device), t.precision)
         try:
             _resume(run, t.resume if run_dir is not None else "never")
@@ -298,6 +304,7 @@ def _resume(run: _Run, resume: str) -> None:
         scheduler=run.scheduler,
         ctx=run.ctx,
         seed=run.cfg.trainer.seed,
+        scaler=run.scaler,
     )
     if isinstance(run.train_dl, StreamLoader):  # refused if the stream's samples changed
         said = run.train_dl.check_resume(data.get("data"), Path(path))
@@ -438,19 +445,28 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 # CPU, memory freed at a step's end goes back to the OS and is faulted in again
                 # by the next backward (a 42 MB MLP stepped 11% slower); here it is reused.
                 run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if run.scaler is None else run.scaler.scale(loss)).backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += batch_size(batch)
         if not last_micro:
             continue
+        overflow = None
+        if run.scaler is not None:  # fp16: the true gradients, and whether they overflowed
+            run.scaler.unscale_(run.optimizer)
+            overflow = precision.found_inf(run.scaler, run.optimizer)
         par.clip_grad(run.model, t.clip_grad_norm)
         # skip: the all-reduced gradients are equal on every rank, so every rank skips alike
-        skipped = t.nonfinite == "skip" and not par.grads_finite(run.model)
+        # (under fp16 the scaler skips an overflowed step itself: a skip, not a NaN run)
+        skipped = run.scaler is None and t.nonfinite == "skip" and not par.grads_finite(run.model)
         if skipped:
             log.warning("non-finite gradients at step %d: step skipped", state.step + 1)
             step_loss = torch.zeros((), device=ctx.device)  # and not averaged into the loss
         else:
-            run.optimizer.step()
+            if run.scaler is not None:
+                run.scaler.step(run.optimizer)  # skipped on overflow (torch reads the flag)
+                run.scaler.update()  # then the scale halves; it doubles after 2000 clean steps
+            else:
+                run.optimizer.step()
             if run.scheduler is not None:
                 run.scheduler.step()
         state.step += 1
@@ -466,6 +482,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             data_wait_s=wait_s,
             loss_weight=0 if skipped else None,
             flops=run.flops_per_sample * step_samples if run.flops_per_sample else None,
+            skipped=overflow,
         )
         step_loss, step_samples = 0.0, 0
         # The host waits (for the device, for the other ranks) at log steps only: one
