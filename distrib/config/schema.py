@@ -18,6 +18,7 @@ from omegaconf import MISSING
 from distrib.config.launcher import LauncherConfig
 from distrib.errors import check
 from distrib.loggers import LOGGERS
+from distrib.parallel.compile import CompileConfig
 from distrib.parallel.ddp import DDPConfig
 from distrib.parallel.fsdp import FSDPConfig, check_available
 from distrib.parallel.precision import PRECISIONS
@@ -116,6 +117,7 @@ class TrainerConfig:
     peak_tflops: float = 0.0
     """The device's dense peak TFLOP/s per rank at ``precision``, for the ``mfu`` of each log
     row; 0: from distrib's table by GPU name (A100, H100, H200, L40S, L4; none on a CPU)."""
+    compile: CompileConfig = field(default_factory=CompileConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -83,7 +83,7 @@ def count_flops_per_sample(
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     with (
         torch.random.fork_rng(devices=devices),
-        torch.compiler.set_stance("force_eager"),  # count the model's ops, not a graph's
+        torch.compiler.set_stance("force_eager"),  # the model's ops, not a compiled graph's
         FlopCounterMode(display=False) as counter,
     ):
         step().backward()

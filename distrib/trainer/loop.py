@@ -10,6 +10,7 @@ through the public API instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -31,6 +32,7 @@ from distrib.distributed.process_group import Context, session
 from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
+from distrib.parallel import compile as compiling
 from distrib.parallel import precision
 from distrib.parallel import strategy as par
 from distrib.rng import seed_all
@@ -86,6 +88,8 @@ class _Run:
     """A sample's training FLOPs, counted on the first micro-batch (`distrib.trainer.flops`)."""
     peak_tflops: float | None = None
     """The device's dense peak at the run's precision (``trainer.peak_tflops`` or the table)."""
+    first_step: int = 0
+    """The step this job started at (after a resume): its next step compiles."""
     scaler: Any = None
     """fp16's gradient scaler (`distrib.parallel.precision.grad_scaler`); None otherwise."""
 
@@ -137,6 +141,10 @@ def fit(
     ):
         _lock_run_dir(run_dir, ctx)  # before this job writes anything there
         setup_logging(run_dir, ctx.rank)
+        if t.compile.enable:  # before anything compiles: a restarted job finds its kernels
+            cache = compiling.use_cache_in(run_dir)
+            if ctx.is_main:
+                log.info("torch.compile (mode %s): inductor cache in %s", t.compile.mode, cache)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_all(t.seed)  # same seed everywhere: equal replicas before DDP even broadcasts
@@ -150,6 +158,7 @@ def fit(
             blocks=t.blocks,
             precision=t.precision,
             activation_checkpointing=t.activation_checkpointing,
+            compile=t.compile,
         )
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
@@ -314,7 +323,7 @@ def _resume(run: _Run, resume: str) -> None:
         log.warning(line)
     changes = hyperparameter_changes(data.get("config"), current)
     apply_hyperparameters(run.optimizer, run.scheduler, changes)
-    run.saved_step = run.state.step
+    run.saved_step = run.first_step = run.state.step
     log.info(
         "resumed from %s: epoch %d, step %d, %d samples into the epoch (written by %d worker(s))",
         path,
@@ -354,7 +363,7 @@ def _train(
             raise SystemExit(preemption.REQUEUE_EXIT_CODE)
         if run.state.consumed < train_dl.sampler.epoch_samples():  # type: ignore[attr-defined]
             break  # max_steps ended training mid-epoch
-        result = evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
+        result = _evaluate(run, eval_dl)
         _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
@@ -370,7 +379,7 @@ def _train(
         if t.checkpoint.every_epoch:
             run.save({k: float(v) for k, v in result.items()})
     if result is None:  # max_steps ended training mid-epoch: its final evaluation is logged too
-        result = evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
+        result = _evaluate(run, eval_dl)
         _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
@@ -378,6 +387,12 @@ def _train(
     if run.saved_step != run.state.step:
         run.save({k: float(v) for k, v in result.items()})
     return result
+
+
+def _evaluate(run: _Run, eval_dl: DataLoader) -> dict[str, Any]:
+    """Evaluate the user's module, eagerly when compiled (no second compile for eval mode)."""
+    with compiling.eager() if run.cfg.trainer.compile.enable else contextlib.nullcontext():
+        return evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
 
 
 def _stream_state(dl: Any, state: TrainState) -> dict[str, Any] | None:
@@ -474,6 +489,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         end = i == n_micro - 1 or _done(state, t.max_steps)
         log_step = state.step % t.log_every == 0 or end
         step_s, wait_s = timer.step_done(sync=log_step)
+        if t.compile.enable and state.step == run.first_step + 1 and ctx.is_main:
+            log.info("torch.compile: the first step took %.1f s (compiling)", step_s)
         record_step(
             metrics,
             loss=step_loss,
