@@ -153,14 +153,15 @@ def wait_gone(pids: list[int], timeout: float) -> bool:
 def run_cli(
     *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a command with this venv's Python first on PATH and ``tests/`` importable.
+    """Run a command with this venv's Python first on PATH, ``tests/`` and this checkout importable.
 
     On ``timeout`` its whole process group is killed (``subprocess.run`` would kill the
     command alone and leave its workers) and ``TimeoutExpired`` carries what it printed.
     """
     full_env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "tests"),
+        # this checkout's distrib, not whichever one the venv has installed (a worktree's)
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
         "WANDB_MODE": "disabled",
         **(env or {}),
     }

@@ -83,7 +83,7 @@ def test_defaults_compose_into_the_schema():
         ),
         ("optim.lr=-1", "optim (torch.optim.AdamW): Invalid learning rate: -1"),
         ("launcher.nproc=0", "launcher.nproc=0: expected an integer >= 1"),
-        ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32 or bf16"),
+        ("trainer.precision=fp8", "trainer.precision='fp8': expected fp32, bf16, fp16"),
         ("model=nope", "Could not find 'model/nope' Available options in 'model': cnn mlp"),
         (
             "trainer.resume=/no/such.pt",

@@ -49,6 +49,7 @@ PAGES = [
     "fsdp.md",
     "streaming.md",
     "metrics.md",
+    "speed.md",
     "benchmarks.md",
     "tools.md",
     "troubleshooting.md",

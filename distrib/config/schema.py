@@ -18,6 +18,7 @@ from omegaconf import MISSING
 from distrib.config.launcher import LauncherConfig
 from distrib.errors import check
 from distrib.loggers import LOGGERS
+from distrib.parallel.compile import CompileConfig
 from distrib.parallel.ddp import DDPConfig
 from distrib.parallel.fsdp import FSDPConfig, check_available
 from distrib.parallel.precision import PRECISIONS
@@ -67,7 +68,8 @@ class TrainerConfig:
     seed: int = 0
     """Seeds model init (equal on every rank), the data order and data workers."""
     precision: str = "fp32"
-    """fp32, or bf16 autocast for forward passes."""
+    """fp32, bf16 autocast for forward passes, or fp16 autocast with a gradient scaler (its
+    state checkpointed; an overflowed step skipped and counted in ``skipped_steps``)."""
     clip_grad_norm: float = 0.0
     """Clip the global gradient norm to this (0: off)."""
     device: str = "auto"
@@ -112,6 +114,10 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward instead of keeping them (both
     strategies): about one more forward pass for much less activation memory."""
+    peak_tflops: float = 0.0
+    """The device's dense peak TFLOP/s per rank at ``precision``, for the ``mfu`` of each log
+    row; 0: from distrib's table by GPU name (A100, H100, H200, L40S, L4; none on a CPU)."""
+    compile: CompileConfig = field(default_factory=CompileConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -149,7 +155,7 @@ class TrainerConfig:
             self.precision in PRECISIONS,
             "trainer.precision",
             self.precision,
-            " or ".join(PRECISIONS),
+            ", ".join(PRECISIONS),
         )
         check(
             self.clip_grad_norm >= 0, "trainer.clip_grad_norm", self.clip_grad_norm, "a number >= 0"
@@ -166,6 +172,7 @@ class TrainerConfig:
             self.backend,
             "auto, gloo or nccl",
         )
+        check(self.peak_tflops >= 0, "trainer.peak_tflops", self.peak_tflops, "a number >= 0")
         check(self.timeout_s > 0, "trainer.timeout_s", self.timeout_s, "a number of seconds > 0")
         check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "an integer >= 0")
         buffer = self.shuffle_buffer

@@ -2,11 +2,11 @@
 holds 1/W of the parameters, gradients and optimizer state, and gathers a block's parameters
 only while it runs.
 
-`wrap_fsdp` applies, in torchtitan's order: activation checkpointing per block (optional), then
-``fully_shard`` on each block, then on the root, so every block's all-gather overlaps the
-previous block's compute and the root holds what is left (embeddings, heads). The optimizer is
-built afterwards over the sharded parameters. The blocks are `distrib.parallel.blocks`'
-(``trainer.blocks=[GPT2Block]``, or found).
+`wrap_fsdp` applies, in torchtitan's order: activation checkpointing per block (optional),
+torch.compile per block (optional), then ``fully_shard`` on each block, then on the root, so
+every block's all-gather overlaps the previous block's compute and the root holds what is
+left (embeddings, heads). The optimizer is built afterwards over the sharded parameters. The
+blocks are `distrib.parallel.blocks`' (``trainer.blocks=[GPT2Block]``, or found).
 
 FSDP2 on gloo needs torch >= 2.9: torch 2.7 sums the gradients instead of averaging them
 (pytorch issue 162338) and 2.6 fails in the forward; `check_available` refuses older ones.
@@ -22,6 +22,7 @@ from torch import nn
 from distrib.distributed.process_group import Context
 from distrib.errors import ConfigError
 from distrib.parallel.blocks import checkpoint_blocks, find_blocks
+from distrib.parallel.compile import CompileConfig, compile_blocks
 
 MIN_TORCH = (2, 9)
 
@@ -63,6 +64,7 @@ def wrap_fsdp(
     blocks: list[str] | None = None,
     precision: str = "fp32",
     activation_checkpointing: bool = False,
+    compile: CompileConfig | None = None,
 ) -> nn.Module:
     """Shard ``model`` over every worker of ``ctx`` (in place; the module is returned).
 
@@ -81,12 +83,14 @@ def wrap_fsdp(
         found = checkpoint_blocks(model, found)
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     options: dict = {"mesh": mesh, "reshard_after_forward": fsdp.reshard_after_forward}
-    if precision == "bf16":  # bf16 compute and gathers, fp32 gradient reduction (torchtitan's)
-        options["mp_policy"] = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+    if precision in ("bf16", "fp16"):  # low-precision compute and gathers, fp32 reduction
+        options["mp_policy"] = MixedPrecisionPolicy(  # (torchtitan's)
+            param_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+            reduce_dtype=torch.float32,
         )
     if fsdp.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
+    found = compile_blocks(model, found, compile or CompileConfig())  # before sharding
     for block in found:
         fully_shard(block, **options)
     fully_shard(model, **options)

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from distrib.distributed.process_group import Context, current
 from distrib.errors import check
 from distrib.parallel.blocks import checkpoint_blocks, find_blocks
+from distrib.parallel.compile import CompileConfig, compile_in_place
 from distrib.parallel.ddp import DDPConfig, wrap_ddp
 from distrib.parallel.fsdp import FSDPConfig, wrap_fsdp
 from distrib.parallel.precision import autocast as _autocast
@@ -42,9 +43,12 @@ def wrap(
     blocks: list[str] | None = None,
     precision: str = "fp32",
     activation_checkpointing: bool = False,
+    compile: CompileConfig | None = None,
 ) -> nn.Module:
     """Return ``model`` on this worker's device, wrapped for the world: DDP or FSDP when it has
     more than one worker, the bare model in a world of one. Build the optimizer afterwards.
+    ``compile``: torch.compile in place (`distrib.parallel.compile`: per block under fsdp,
+    the DDP-wrapped model under ddp).
 
     Example::
 
@@ -62,12 +66,14 @@ def wrap(
             blocks=blocks,
             precision=precision,
             activation_checkpointing=activation_checkpointing,
+            compile=compile,
         )
     if activation_checkpointing:
         checkpoint_blocks(model, find_blocks(model, blocks or []))
-    if not ctx.is_distributed:
-        return model
-    return wrap_ddp(model, ctx, ddp or DDPConfig())
+    if ctx.is_distributed:
+        model = wrap_ddp(model, ctx, ddp or DDPConfig())
+    compile_in_place(model, compile or CompileConfig())  # DDP's: its optimizer splits the graph
+    return model
 
 
 def is_sharded(model: nn.Module) -> bool:

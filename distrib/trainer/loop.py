@@ -10,10 +10,12 @@ through the public API instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,12 @@ from distrib.distributed.process_group import Context, session
 from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
+from distrib.parallel import compile as compiling
+from distrib.parallel import precision
 from distrib.parallel import strategy as par
 from distrib.rng import seed_all
 from distrib.tasks import Task, batch_size, to_device
+from distrib.trainer import flops as fl
 from distrib.trainer import preemption, run_lock
 from distrib.trainer.evaluation import describe, evaluate
 from distrib.trainer.guards import (
@@ -79,6 +84,14 @@ class _Run:
     saved_step: int = -1
     train_dl: Any = None
     """The training loader: a stream's position goes into each checkpoint (`StreamLoader`)."""
+    flops_per_sample: float | None = None
+    """A sample's training FLOPs, counted on the first micro-batch (`distrib.trainer.flops`)."""
+    peak_tflops: float | None = None
+    """The device's dense peak at the run's precision (``trainer.peak_tflops`` or the table)."""
+    first_step: int = 0
+    """The step this job started at (after a resume): its next step compiles."""
+    scaler: Any = None
+    """fp16's gradient scaler (`distrib.parallel.precision.grad_scaler`); None otherwise."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -99,6 +112,7 @@ class _Run:
             global_batch=self.cfg.trainer.global_batch_size,
             config=dataclasses.asdict(self.cfg),
             data=_stream_state(self.train_dl, self.state),
+            scaler=self.scaler,
         )
         shards = sharded_state(self.model, self.optimizer) if par.is_sharded(self.model) else None
         self.ckpt.save(
@@ -127,9 +141,14 @@ def fit(
     ):
         _lock_run_dir(run_dir, ctx)  # before this job writes anything there
         setup_logging(run_dir, ctx.rank)
+        if t.compile.enable:  # before anything compiles: a restarted job finds its kernels
+            cache = compiling.use_cache_in(run_dir)
+            if ctx.is_main:
+                log.info("torch.compile (mode %s): inductor cache in %s", t.compile.mode, cache)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_all(t.seed)  # same seed everywhere: equal replicas before DDP even broadcasts
+        precision.check_supported(ctx.device, t.precision)
         model = par.wrap(
             build_named("model", cfg.model),
             ctx,
@@ -139,6 +158,7 @@ def fit(
             blocks=t.blocks,
             precision=t.precision,
             activation_checkpointing=t.activation_checkpointing,
+            compile=t.compile,
         )
         optimizer = build(cfg.optim)(model.parameters())
         scheduler = build(cfg.scheduler)(optimizer) if cfg.scheduler is not None else None
@@ -186,6 +206,8 @@ def fit(
             _check_best_metric(c.best_metric, {f"eval_{n}": 0 for n in names}, cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         run.train_dl = train_dl
+        run.scaler = precision.grad_scaler(ctx.device, t.precision, sharded=par.is_sharded(model))
+        run.peak_tflops = t.peak_tflops or fl.peak_tflops(fl.device_name(ctx.device), t.precision)
         try:
             _resume(run, t.resume if run_dir is not None else "never")
             steps_per_epoch = -(-len(train_dl) // t.grad_accum)
@@ -291,6 +313,7 @@ def _resume(run: _Run, resume: str) -> None:
         scheduler=run.scheduler,
         ctx=run.ctx,
         seed=run.cfg.trainer.seed,
+        scaler=run.scaler,
     )
     if isinstance(run.train_dl, StreamLoader):  # refused if the stream's samples changed
         said = run.train_dl.check_resume(data.get("data"), Path(path))
@@ -300,7 +323,7 @@ def _resume(run: _Run, resume: str) -> None:
         log.warning(line)
     changes = hyperparameter_changes(data.get("config"), current)
     apply_hyperparameters(run.optimizer, run.scheduler, changes)
-    run.saved_step = run.state.step
+    run.saved_step = run.first_step = run.state.step
     log.info(
         "resumed from %s: epoch %d, step %d, %d samples into the epoch (written by %d worker(s))",
         path,
@@ -340,7 +363,7 @@ def _train(
             raise SystemExit(preemption.REQUEUE_EXIT_CODE)
         if run.state.consumed < train_dl.sampler.epoch_samples():  # type: ignore[attr-defined]
             break  # max_steps ended training mid-epoch
-        result = evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
+        result = _evaluate(run, eval_dl)
         _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
@@ -356,7 +379,7 @@ def _train(
         if t.checkpoint.every_epoch:
             run.save({k: float(v) for k, v in result.items()})
     if result is None:  # max_steps ended training mid-epoch: its final evaluation is logged too
-        result = evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
+        result = _evaluate(run, eval_dl)
         _check_best_metric(t.checkpoint.best_metric, result, run.cfg.task)
         row = {"epoch": run.state.epoch_number, "step": run.state.step, **result}
         run.state.history.append(row)
@@ -364,6 +387,12 @@ def _train(
     if run.saved_step != run.state.step:
         run.save({k: float(v) for k, v in result.items()})
     return result
+
+
+def _evaluate(run: _Run, eval_dl: DataLoader) -> dict[str, Any]:
+    """Evaluate the user's module, eagerly when compiled (no second compile for eval mode)."""
+    with compiling.eager() if run.cfg.trainer.compile.enable else contextlib.nullcontext():
+        return evaluate(par.unwrap(run.model), eval_dl, run.ctx, run.task)
 
 
 def _stream_state(dl: Any, state: TrainState) -> dict[str, Any] | None:
@@ -385,6 +414,21 @@ def _done(state: TrainState, max_steps: int) -> bool:
     return max_steps > 0 and state.step >= max_steps
 
 
+def _count_flops(run: _Run, batch: Any) -> float:
+    """A sample's forward + backward FLOPs on the user's module (eager, side effects undone)."""
+    model = par.unwrap(run.model)
+
+    def forward() -> torch.Tensor:
+        with par.autocast(run.model, run.ctx.device, run.cfg.trainer.precision):
+            return run.task(model=model, batch=batch).loss
+
+    per_sample = fl.count_flops_per_sample(model, forward, batch_size(batch))
+    if run.ctx.is_main:
+        peak = f"{run.peak_tflops:g} TFLOP/s" if run.peak_tflops else "unknown (no mfu)"
+        log.info("%.4g FLOPs per training sample; peak per rank %s", per_sample, peak)
+    return per_sample
+
+
 def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> bool:
     """Train from the state's position to the end of the epoch; True when preempted."""
     t, ctx, state = run.cfg.trainer, run.ctx, run.state
@@ -396,11 +440,16 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
     metrics, timer = Metrics(), StepTimer(ctx.device)
     step_loss: torch.Tensor | float = 0.0  # stays on the device: read back at log steps only
     step_samples = 0
+    logged_at = state.step
     for i, batch in enumerate(timer.iterate(dl)):
         first = i - i % t.grad_accum
         in_step = min(t.grad_accum, n_micro - first)  # the last step may be short
         last_micro = i - first == in_step - 1
         batch = to_device(batch, ctx.device)
+        if run.flops_per_sample is None:  # once a run, on its first batch; not timed
+            started = time.perf_counter()
+            run.flops_per_sample = _count_flops(run, batch)
+            timer.exclude(time.perf_counter() - started)
         with par.accumulate(run.model, sync=last_micro):
             with par.autocast(run.model, ctx.device, t.precision):
                 loss = run.task(model=run.model, batch=batch).loss
@@ -411,19 +460,28 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 # CPU, memory freed at a step's end goes back to the OS and is faulted in again
                 # by the next backward (a 42 MB MLP stepped 11% slower); here it is reused.
                 run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if run.scaler is None else run.scaler.scale(loss)).backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += batch_size(batch)
         if not last_micro:
             continue
+        overflow = None
+        if run.scaler is not None:  # fp16: the true gradients, and whether they overflowed
+            run.scaler.unscale_(run.optimizer)
+            overflow = precision.found_inf(run.scaler, run.optimizer)
         par.clip_grad(run.model, t.clip_grad_norm)
         # skip: the all-reduced gradients are equal on every rank, so every rank skips alike
-        skipped = t.nonfinite == "skip" and not par.grads_finite(run.model)
+        # (under fp16 the scaler skips an overflowed step itself: a skip, not a NaN run)
+        skipped = run.scaler is None and t.nonfinite == "skip" and not par.grads_finite(run.model)
         if skipped:
             log.warning("non-finite gradients at step %d: step skipped", state.step + 1)
             step_loss = torch.zeros((), device=ctx.device)  # and not averaged into the loss
         else:
-            run.optimizer.step()
+            if run.scaler is not None:
+                run.scaler.step(run.optimizer)  # skipped on overflow (torch reads the flag)
+                run.scaler.update()  # then the scale halves; it doubles after 2000 clean steps
+            else:
+                run.optimizer.step()
             if run.scheduler is not None:
                 run.scheduler.step()
         state.step += 1
@@ -431,6 +489,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         end = i == n_micro - 1 or _done(state, t.max_steps)
         log_step = state.step % t.log_every == 0 or end
         step_s, wait_s = timer.step_done(sync=log_step)
+        if t.compile.enable and state.step == run.first_step + 1 and ctx.is_main:
+            log.info("torch.compile: the first step took %.1f s (compiling)", step_s)
         record_step(
             metrics,
             loss=step_loss,
@@ -438,6 +498,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             step_s=step_s,
             data_wait_s=wait_s,
             loss_weight=0 if skipped else None,
+            flops=run.flops_per_sample * step_samples if run.flops_per_sample else None,
+            skipped=overflow,
         )
         step_loss, step_samples = 0.0, 0
         # The host waits (for the device, for the other ranks) at log steps only: one
@@ -451,7 +513,10 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 step=state.step,
                 lr=run.optimizer.param_groups[0]["lr"],
                 stop=flag.requested,
+                steps=state.step - logged_at,
+                peak_tflops=run.peak_tflops,
             )
+            logged_at = state.step
             stop = row.pop("stop_requested") > 0
             state.history.append(row)
             log_all(run.loggers, row, state.step)

@@ -226,6 +226,10 @@ class StepTimer:
         """Start the next step's clock now (`iterate` does this; call after a pause, e.g. eval)."""
         self._start, self._wait = self._clock(), 0.0
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` just spent out of the current step (the FLOP count's pass)."""
+        self._start += seconds
+
     def iterate(self, iterable: Iterable[T]) -> Iterator[T]:
         """Yield from ``iterable``, counting the time spent waiting for each item."""
         self.restart()
@@ -263,6 +267,7 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
 
 # Raw names `record_step` adds and `summarize` turns into the reported ones.
 _LOSS, _SAMPLES, _WAIT, _STEP, _MEMORY = "loss", "samples", "data_wait", "step_time", "memory_mb"
+_FLOPS, _SKIPPED = "flops", "skipped"
 
 
 def record_step(
@@ -273,12 +278,16 @@ def record_step(
     step_s: float,
     data_wait_s: float,
     loss_weight: int | None = None,
+    flops: float | None = None,
+    skipped: torch.Tensor | None = None,
 ) -> None:
     """Add one optimizer step of this rank under the names `summarize` reads.
 
     ``loss`` is the step's mean loss on this rank -- a float, or a 0-d tensor left on the
     device (read back at the log step, with everything else) -- and ``samples`` the samples
-    this rank processed in the step (all micro-batches together).
+    this rank processed in the step (all micro-batches together). ``flops``: the FLOPs this
+    rank did in the step (`distrib.trainer.flops`); ``skipped``: 1 where the gradient scaler
+    skipped the step (a 0-d tensor left on the device), 0 where it stepped.
     """
     weight = samples if loss_weight is None else loss_weight  # 0: a skipped step
     if isinstance(loss, torch.Tensor):
@@ -288,34 +297,65 @@ def record_step(
     metrics.add_ratio(_SAMPLES, samples, step_s)  # samples per second of step, per rank
     metrics.add_ratio(_WAIT, data_wait_s, step_s)  # share of step time spent waiting
     metrics.add_per_rank(_STEP, step_s)
+    if flops is not None:
+        metrics.add_ratio(_FLOPS, flops, step_s)  # FLOPs per second of step, per rank
+    if skipped is not None:
+        metrics.add_device(_SKIPPED, skipped, weight=1.0)  # the share of steps skipped
 
 
 _STOP = "stop_requested"
 
 
 def report(
-    metrics: Metrics, ctx: Context, *, epoch: int, step: int, lr: float, stop: bool = False
+    metrics: Metrics,
+    ctx: Context,
+    *,
+    epoch: int,
+    step: int,
+    lr: float,
+    stop: bool = False,
+    steps: int = 0,
+    peak_tflops: float | None = None,
 ) -> dict[str, float]:
     """Reduce the window (one collective; call on every rank) and return the logged row.
 
     ``stop`` is this rank's vote to stop (a preemption signal arrived here); it travels in the
     same all_reduce, and the row's ``stop_requested`` is 1.0 on every rank when any rank voted.
+    ``steps``: the optimizer steps in the window (what ``skipped_steps`` is counted out of);
+    ``peak_tflops``: the device's peak per rank, for ``mfu``.
     """
     metrics.add_per_rank(_MEMORY, peak_memory_mb(ctx.device))
     metrics.add_ratio(_STOP, float(stop), 1.0)
-    row = summarize(metrics.compute(ctx), world_size=ctx.world_size, epoch=epoch, step=step, lr=lr)
+    row = summarize(
+        metrics.compute(ctx),
+        world_size=ctx.world_size,
+        epoch=epoch,
+        step=step,
+        lr=lr,
+        steps=steps,
+        peak_tflops=peak_tflops,
+    )
     row[_STOP] = float(row[_STOP] > 0)
     return row
 
 
 def summarize(
-    computed: dict[str, float], *, world_size: int, epoch: int, step: int, lr: float
+    computed: dict[str, float],
+    *,
+    world_size: int,
+    epoch: int,
+    step: int,
+    lr: float,
+    steps: int = 0,
+    peak_tflops: float | None = None,
 ) -> dict[str, float]:
     """The built-in row from `Metrics.compute`'s output; metrics it does not know pass through.
 
     ``samples_per_s`` is the job's throughput (every rank works at the same time, so it is the
     per-rank rate times the world size); ``straggler_ratio`` is the slowest rank's mean step
-    time over the average rank's (1.0 is perfectly balanced).
+    time over the average rank's (1.0 is perfectly balanced). ``tflops_per_s`` is per rank
+    (per GPU: what a peak is quoted for) and ``mfu`` that over ``peak_tflops``;
+    ``skipped_steps`` the window's steps the gradient scaler skipped (every rank skips alike).
     """
     rest = dict(computed)
     row: dict[str, float] = {"step": step, "epoch": epoch}
@@ -328,6 +368,12 @@ def summarize(
         for stat in ("min", "mean", "max"):
             row[f"step_time_{stat}"] = rest.pop(f"{_STEP}_{stat}")
         row["straggler_ratio"] = _ratio(row["step_time_max"], row["step_time_mean"])
+    if _FLOPS in rest:
+        row["tflops_per_s"] = rest.pop(_FLOPS) / 1e12
+        if peak_tflops:
+            row["mfu"] = row["tflops_per_s"] / peak_tflops
+    if _SKIPPED in rest:
+        row["skipped_steps"] = float(round(rest.pop(_SKIPPED) * steps))
     if _WAIT in rest:
         row["data_wait_frac"] = rest.pop(_WAIT)
     if f"{_MEMORY}_max" in rest:

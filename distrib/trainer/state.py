@@ -74,11 +74,13 @@ def capture(
     global_batch: int,
     config: dict[str, Any],
     data: dict[str, Any] | None = None,
+    scaler: Any = None,
 ) -> dict[str, Any]:
     """The checkpoint dict (complete on rank 0); every rank must call it (RNG gather).
 
     For a sharded model it holds no ``model``/``optimizer``: those are `sharded_state`'s.
-    ``data``: a stream's position and what it is counted in (`StreamLoader.state_dict`).
+    ``data``: a stream's position and what it is counted in (`StreamLoader.state_dict`);
+    ``scaler``: fp16's gradient scaler, whose scale and growth count an exact resume needs.
     """
     shards = is_sharded(model)
     return {
@@ -87,6 +89,7 @@ def capture(
         **({} if shards else {"optimizer": optimizer.state_dict()}),
         "strategy": "fsdp" if shards else "ddp",
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         "epoch": state.epoch,
         "step": state.step,
         "consumed": state.consumed,
@@ -158,6 +161,7 @@ def restore(
     scheduler: Any,
     ctx: Context,
     seed: int,
+    scaler: Any = None,
 ) -> TrainState:
     """Put ``ckpt`` back into the live objects and return where training stands.
 
@@ -181,6 +185,8 @@ def restore(
         ) from None
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):  # else (an fp32/bf16 checkpoint) it starts anew
+        scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt.get("rng") or []
     if ckpt["world_size"] == ctx.world_size and len(rng) == ctx.world_size:
         set_rng_state(rng[ctx.rank])
