@@ -160,7 +160,8 @@ def run_cli(
     """
     full_env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "tests"),
+        # this checkout's distrib first, whichever one the venv has installed (a git worktree)
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
         "WANDB_MODE": "disabled",
         **(env or {}),
     }

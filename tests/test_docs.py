@@ -50,6 +50,7 @@ PAGES = [
     "streaming.md",
     "metrics.md",
     "benchmarks.md",
+    "scale.md",
     "tools.md",
     "troubleshooting.md",
     "layout.md",

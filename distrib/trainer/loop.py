@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from distrib.checkpoint import Checkpointer
 from distrib.checkpoint.files import step_of
+from distrib.checkpoint.interval import AutoInterval
 from distrib.config import Config, build, to_config
 from distrib.data import StreamLoader, eval_loader, loader
 from distrib.distributed.process_group import Context, session
@@ -52,6 +54,10 @@ from distrib.trainer.state import TrainState, capture, restore, sharded_state
 
 log = logging.getLogger("distrib.trainer.loop")
 
+_save_clock = time.perf_counter
+"""What a save's blocking cost is measured with (tests inject a fake one)."""
+_SAVE_COST = "checkpoint_blocked_s"
+
 STOP_CHECK_EVERY = 10
 """A preemption signal stops training within min(log_every, 10) optimizer steps: the vote
 rides on each log step's all_reduce, with a tiny one every 10 steps in between. Keep that many
@@ -79,6 +85,10 @@ class _Run:
     saved_step: int = -1
     train_dl: Any = None
     """The training loader: a stream's position goes into each checkpoint (`StreamLoader`)."""
+    save_cost_s: float = -1.0
+    """How long this rank's last `save` blocked training (-1: none yet)."""
+    auto: AutoInterval | None = None
+    """``every_steps=auto``: the interval, re-evaluated at each log step."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -100,6 +110,7 @@ class _Run:
             config=dataclasses.asdict(self.cfg),
             data=_stream_state(self.train_dl, self.state),
         )
+        start = _save_clock()
         shards = sharded_state(self.model, self.optimizer) if par.is_sharded(self.model) else None
         self.ckpt.save(
             data,
@@ -108,6 +119,7 @@ class _Run:
             metrics=metrics,
             sharded=shards,
         )
+        self.save_cost_s = _save_clock() - start  # async: the staging copy only
         self.saved_step = self.state.step
 
 
@@ -186,6 +198,14 @@ def fit(
             _check_best_metric(c.best_metric, {f"eval_{n}": 0 for n in names}, cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         run.train_dl = train_dl
+        if c.every_steps == "auto":
+            run.auto = AutoInterval(
+                world_size=ctx.world_size,
+                mtbf_h=c.mtbf_h,
+                min_s=c.auto_min_s,
+                max_s=c.auto_max_s,
+                announce=ctx.is_main,
+            )
         try:
             _resume(run, t.resume if run_dir is not None else "never")
             steps_per_epoch = -(-len(train_dl) // t.grad_accum)
@@ -381,6 +401,28 @@ def _check_best_metric(name: str | None, result: dict[str, Any], task: dict) -> 
         )
 
 
+def _update_auto(run: _Run, row: dict[str, float]) -> None:
+    """``every_steps=auto``: re-evaluate from the row (equal on every rank, so every rank
+    saves at the same steps): the slowest rank's last save cost, the mean step time."""
+    if run.auto is None:
+        return
+    cost = row.pop(f"{_SAVE_COST}_max")
+    row.pop(f"{_SAVE_COST}_min"), row.pop(f"{_SAVE_COST}_mean")
+    if cost >= 0:
+        run.auto.update(cost_s=cost, step_s=row.get("step_time_mean", math.nan))
+
+
+def _save_due(run: _Run, log_step: bool) -> bool:
+    """A mid-epoch save at this step: every N steps, or when the auto interval has passed
+    since the last save (the first one at the first log step, to measure its cost)."""
+    every, step = run.cfg.trainer.checkpoint.every_steps, run.state.step
+    if run.auto is None:
+        return bool(every) and step % int(every) == 0
+    if run.auto.steps is None:
+        return log_step and run.save_cost_s < 0
+    return step - run.saved_step >= run.auto.steps
+
+
 def _done(state: TrainState, max_steps: int) -> bool:
     return max_steps > 0 and state.step >= max_steps
 
@@ -444,6 +486,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         # all_reduce carries the window's metrics and the preemption vote. Between them a
         # vote every STOP_CHECK_EVERY steps bounds how late a preemption is seen.
         if log_step:
+            if run.auto is not None:  # every rank's last save cost rides on the same collective
+                metrics.add_per_rank(_SAVE_COST, run.save_cost_s)
             row = report(
                 metrics,
                 ctx,
@@ -453,6 +497,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 stop=flag.requested,
             )
             stop = row.pop("stop_requested") > 0
+            _update_auto(run, row)
             state.history.append(row)
             log_all(run.loggers, row, state.step)
             if t.nonfinite == "stop" and not math.isfinite(row.get("loss", 0.0)):
@@ -467,11 +512,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             return True
         # At an epoch's end a save follows anyway when every_epoch is on, or training is done.
         save_follows = end and (t.checkpoint.every_epoch or _done(state, t.max_steps))
-        if (
-            t.checkpoint.every_steps
-            and state.step % t.checkpoint.every_steps == 0
-            and not save_follows
-        ):
+        if _save_due(run, log_step) and not save_follows:
             run.save()
         if _done(state, t.max_steps):
             break
