@@ -117,6 +117,12 @@ class TrainerConfig:
     """torch.use_deterministic_algorithms(True): bit-exact reruns, sometimes slower."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
+    straggler_factor: float = 1.5
+    """Warn when one rank's work before the gradient sync stays more than this many times the
+    median rank's (and costs the others >= 5% of a step), naming the rank and its host
+    (`distrib.trainer.stragglers`); 0: off."""
+    straggler_every: int = 10
+    """While it stays slow, warn again every this many log steps."""
     nonfinite: str = "stop"
     """A NaN/Inf loss: stop (exit non-zero naming the step, no checkpoint of those weights)
     or skip (drop every step whose gradients are not finite; costs one read-back a step)."""
@@ -194,6 +200,10 @@ class TrainerConfig:
         buffer = self.shuffle_buffer
         check(buffer >= 1, "trainer.shuffle_buffer", buffer, "an integer >= 1")
         check(self.log_every >= 1, "trainer.log_every", self.log_every, "an integer >= 1")
+        factor = self.straggler_factor
+        check(factor == 0 or factor > 1, "trainer.straggler_factor", factor, "0 (off) or > 1")
+        every = self.straggler_every
+        check(every >= 1, "trainer.straggler_every", every, "an integer >= 1")
         check(
             self.nonfinite in ("stop", "skip"), "trainer.nonfinite", self.nonfinite, "stop or skip"
         )

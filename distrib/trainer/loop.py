@@ -51,6 +51,7 @@ from distrib.trainer.resume_policy import (
     hyperparameter_changes,
 )
 from distrib.trainer.state import TrainState, capture, restore, sharded_state
+from distrib.trainer.stragglers import Watch
 
 log = logging.getLogger("distrib.trainer.loop")
 
@@ -89,6 +90,9 @@ class _Run:
     """How long this rank's last `save` blocked training (-1: none yet)."""
     auto: AutoInterval | None = None
     """``every_steps=auto``: the interval, re-evaluated at each log step."""
+    stragglers: Watch | None = None
+    hosts: list[str] | None = None
+    """Every rank's host name, gathered at the first straggler warning."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -198,6 +202,7 @@ def fit(
             _check_best_metric(c.best_metric, {f"eval_{n}": 0 for n in names}, cfg.task)
         run = _Run(cfg, ctx, model, task, optimizer, scheduler, ckpt, [], TrainState())
         run.train_dl = train_dl
+        run.stragglers = Watch(factor=t.straggler_factor, every=t.straggler_every)
         if c.every_steps == "auto":
             run.auto = AutoInterval(
                 world_size=ctx.world_size,
@@ -412,6 +417,35 @@ def _update_auto(run: _Run, row: dict[str, float]) -> None:
         run.auto.update(cost_s=cost, step_s=row.get("step_time_mean", math.nan))
 
 
+def _warn_straggler(run: _Run, row: dict[str, float]) -> None:
+    """Name a rank that stays slow (`distrib.trainer.stragglers`); the row is equal on every
+    rank, so every rank joins the one host-name gather at the first warning."""
+    rank = run.stragglers.update(row) if run.stragglers is not None else None
+    if rank is None:
+        return
+    if run.hosts is None:
+        import socket
+
+        run.hosts = [socket.gethostname()]
+        if run.ctx.is_distributed:
+            run.hosts = [""] * run.ctx.world_size
+            dist.all_gather_object(run.hosts, socket.gethostname())
+    if run.ctx.is_main:
+        t = run.cfg.trainer
+        log.warning(
+            "straggler: rank %d (host %s) works %.1fx as long as the median rank before each "
+            "gradient sync (the others wait ~%.0f%% of a step for it) at step %d; again every "
+            "%d log steps while it lasts (trainer.straggler_factor=%g)",
+            rank,
+            run.hosts[rank],
+            row["slowest_vs_median"],
+            100 * row["slowest_excess_frac"],
+            run.state.step,
+            t.straggler_every,
+            t.straggler_factor,
+        )
+
+
 def _save_due(run: _Run, log_step: bool) -> bool:
     """A mid-epoch save at this step: every N steps, or when the auto interval has passed
     since the last save (the first one at the first log step, to measure its cost)."""
@@ -453,6 +487,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 # CPU, memory freed at a step's end goes back to the OS and is faulted in again
                 # by the next backward (a 42 MB MLP stepped 11% slower); here it is reused.
                 run.optimizer.zero_grad(set_to_none=True)
+            if last_micro:
+                timer.work_done()  # this backward syncs the gradients: peers wait from here
             loss.backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += batch_size(batch)
@@ -495,9 +531,11 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 step=state.step,
                 lr=run.optimizer.param_groups[0]["lr"],
                 stop=flag.requested,
+                work=timer.take_work(),
             )
             stop = row.pop("stop_requested") > 0
             _update_auto(run, row)
+            _warn_straggler(run, row)
             state.history.append(row)
             log_all(run.loggers, row, state.step)
             if t.nonfinite == "stop" and not math.isfinite(row.get("loss", 0.0)):
