@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from distrib.checkpoint.files import step_of
 from distrib.checkpoint.interval import AutoInterval
 from distrib.config import Config, build, to_config
 from distrib.data import StreamLoader, eval_loader, loader
-from distrib.distributed.process_group import Context, session
+from distrib.distributed.process_group import FR_DIR, Context, session
 from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
@@ -137,6 +138,8 @@ def fit(
     rank); ``return_weights`` adds the final CPU state dict.
     """
     t = cfg.trainer
+    if run_dir is not None:  # a timed-out collective's flight record goes to the run directory
+        os.environ.setdefault("TORCH_FR_DUMP_TEMP_FILE", str(run_dir.resolve() / FR_DIR / "rank_"))
     with (
         session(device=t.device, backend=t.backend, timeout_s=t.timeout_s) as ctx,
         preemption.install((*preemption.DEFAULT_SIGNALS, signal.SIGINT)) as flag,
