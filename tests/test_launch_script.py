@@ -81,9 +81,7 @@ if ctx.rank == 1:
 
 @pytest.mark.waits
 @pytest.mark.parametrize("collective", ["distrib.reduce_sum", "torch.distributed.all_reduce"])
-def test_a_rank_hung_before_a_collective_in_an_own_script_is_named(
-    tmp_path: Path, collective: str
-):
+def test_a_rank_hung_before_a_collective_in_an_own_script_is_named(tmp_path: Path, collective: str):
     import pickle
     import time
 
