@@ -6,6 +6,7 @@ CLI prints ``str(error)`` and exits non-zero; it never prints a traceback for th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -37,3 +38,30 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     ALLOWED[key] = allowed
     if not ok:
         raise ConfigError(key, value, allowed)
+
+
+_explainers: list[Callable[[BaseException], BaseException | None]] = []
+
+
+def add_explainer(fn: Callable[[BaseException], BaseException | None]) -> None:
+    """Register ``fn``: given an error about to end the process, a clearer one, or None.
+
+    The worker side registers what only it can know (`distrib.init`: which rank a timed-out
+    collective waited for); the script runner (`distrib.launch.script`), which may not import
+    the worker side, asks through `explain` before it reports a script's uncaught error.
+    """
+    if fn not in _explainers:
+        _explainers.append(fn)
+
+
+def explain(error: BaseException) -> BaseException:
+    """The clearest account of ``error`` a registered explainer gives (``error`` itself if
+    none does, or one fails: reporting must never hide the error)."""
+    for fn in _explainers:
+        try:
+            better = fn(error)
+        except Exception:
+            continue
+        if better is not None:
+            return better
+    return error

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import torch
 from torch import nn
 
 from distrib.datasets import synthetic
 from distrib.models import SmallCNN
+from distrib.tasks import Classification, TaskOutput
 
 
 def model_failing_on_rank(fail_rank: int = 1) -> nn.Module:
@@ -202,3 +204,15 @@ class RecordedShards(torch.utils.data.IterableDataset):
 def leaky_dataset(split: str = "train", hf_token: str = "", size: int = 640):
     """A user's dataset that fails with its secret in the message (as a URL with a token)."""
     raise PermissionError(f"403 for https://hub.example/data?token={hf_token}")
+
+
+class SlowOnRank(Classification):
+    """Classification whose training steps sleep ``sleep_s`` on ``rank``: a straggler."""
+
+    def __init__(self, rank: int = 1, sleep_s: float = 0.0) -> None:
+        self.rank, self.sleep_s = rank, sleep_s
+
+    def __call__(self, *, model: nn.Module, batch: Any) -> TaskOutput:
+        if model.training and self.sleep_s and int(os.environ.get("RANK", "0")) == self.rank:
+            time.sleep(self.sleep_s)
+        return super().__call__(model=model, batch=batch)

@@ -160,8 +160,8 @@ def run_cli(
     """
     full_env = {
         **os.environ,
-        # this checkout's distrib, not whichever one the venv has installed (a worktree's)
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+        # this checkout's distrib first, whichever one the venv has installed (a git worktree)
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
         "WANDB_MODE": "disabled",
         **(env or {}),
     }

@@ -51,6 +51,7 @@ PAGES = [
     "metrics.md",
     "speed.md",
     "benchmarks.md",
+    "scale.md",
     "tools.md",
     "troubleshooting.md",
     "layout.md",

@@ -67,3 +67,41 @@ def test_an_uncaught_error_exits_1_with_the_users_traceback_only(tmp_path: Path)
     assert res.returncode == 1
     assert res.stderr.splitlines()[-1] == "ValueError: boom"
     assert "runpy" not in res.stderr and "launch/script.py" not in res.stderr
+
+
+HUNG_SCRIPT = """
+import os, time, torch, distrib
+ctx = distrib.init(timeout_s=10)
+open(f"rank{ctx.rank}.pid", "w").write(str(os.getpid()))
+if ctx.rank == 1:
+    time.sleep(120)  # hung before the collective
+{collective}(torch.ones(1))
+"""
+
+
+@pytest.mark.waits
+@pytest.mark.parametrize("collective", ["distrib.reduce_sum", "torch.distributed.all_reduce"])
+def test_a_rank_hung_before_a_collective_in_an_own_script_is_named(tmp_path: Path, collective: str):
+    import pickle
+    import time
+
+    from helpers import run_cli, wait_gone
+
+    # distrib's collective names the rank itself; a raw one is explained by the script runner
+    (tmp_path / "hung.py").write_text(HUNG_SCRIPT.replace("{collective}", collective))
+    start = time.monotonic()
+    res = run_cli(PY, "-m", "distrib.launch", "--nproc", "2", "hung.py", cwd=tmp_path, timeout=90)
+    took = time.monotonic() - start
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert "a collective timed out on rank 0 after 10 s: rank(s) 1 never arrived" in last, last
+    assert took < 30, took  # the 10 s timeout, not the 120 s sleep
+    pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in (0, 1)]
+    assert wait_gone(pids, timeout=10), "a worker outlived its job"
+    # rank 0's flight record: the all_reduce it waited in, which torchfrtrace reads
+    record = tmp_path / "flight_recorder" / "rank_0"
+    assert f"flight record: {record}" in last
+    entries = pickle.loads(record.read_bytes())["entries"]
+    assert entries[-1]["profiling_name"] == "gloo:all_reduce"
+    trace = run_cli("torchfrtrace", str(record.parent), "-p", "rank_", "--allow-incomplete-ranks")
+    assert "missed FR dumps from ranks ({1})" in trace.stdout + trace.stderr

@@ -264,6 +264,8 @@ def test_a_hung_rank_ends_the_job_naming_it_within_the_timeout(tmp_path: Path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("distrib: error: worker rank 0 failed"), last
     assert "a collective timed out on rank 0 after 10 s: rank(s) 1 never arrived" in last
+    record = (tmp_path / "run" / "flight_recorder" / "rank_0").resolve()
+    assert last.endswith(f"; flight record: {record}"), last  # the run directory's
     assert took < 90, took  # 10 s timeout + start-up on a loaded machine, not the 120 s sleep
     pids = [int(p.read_text()) for p in tmp_path.glob("rank*.pid")]
     assert len(pids) == 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -21,11 +24,25 @@ def reduce_sum(values: torch.Tensor) -> torch.Tensor:
         return out
     device = _collective_device()
     if out.device == device:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        _named(dist.all_reduce, out, op=dist.ReduceOp.SUM)
         return out
     moved = out.to(device)
-    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    _named(dist.all_reduce, moved, op=dist.ReduceOp.SUM)
     return moved.to(values.device)
+
+
+def _named(collective: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``collective``; its timeout becomes a `CollectiveTimeout` naming the ranks that
+    never arrived (a script's raw gloo/NCCL "Timed out waiting 10000ms" names none)."""
+    try:
+        return collective(*args, **kwargs)
+    except RuntimeError as e:
+        from distrib.distributed.process_group import explain_timeout
+
+        explained = explain_timeout(e)
+        if explained is None:
+            raise
+        raise explained from e
 
 
 def _collective_device() -> torch.device:
@@ -43,4 +60,4 @@ def _collective_device() -> torch.device:
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        _named(dist.barrier)

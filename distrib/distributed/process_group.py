@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from distrib.env import WorkerEnv, read_env
-from distrib.errors import ConfigError
+from distrib.errors import ConfigError, add_explainer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ means a hung job sits for half an hour; 10 minutes still covers a slow first ste
 synchronous checkpoint or an evaluation on rank 0 while the others wait. Set
 ``trainer.timeout_s=30`` (or ``init(timeout_s=30)``) while debugging a hang."""
 _TIMEOUT_WORDS = ("Timed out", "timed out", "Timeout", "timeout")
+FR_BUFFER_SIZE = 2000
+"""Collectives torch's flight recorder keeps per rank (a ring buffer; torchtitan keeps 20,000),
+unless ``TORCH_FR_BUFFER_SIZE`` / ``TORCH_NCCL_TRACE_BUFFER_SIZE`` say otherwise (0: off)."""
+FR_DIR = "flight_recorder"
 
 
 class CollectiveTimeout(RuntimeError):
@@ -173,6 +177,7 @@ def init(
         torch.cuda.set_device(dev)
     if env.world_size > 1 and not dist.is_initialized():
         _bind_loopback_when_local(env.master_addr)
+        _record_flight(backend)
         dist.init_process_group(
             backend=backend,
             init_method=None if store else f"tcp://{env.master_addr}:{env.master_port}",
@@ -185,7 +190,66 @@ def init(
         log.debug("rank %d/%d joined %s group", env.rank, env.world_size, backend)
     _current = Context(env=env, device=dev, backend=backend, timeout_s=timeout_s)
     atexit.register(_shutdown_at_exit)
+    add_explainer(explain_timeout)  # a script's uncaught timeout names the missing rank
     return _current
+
+
+def _record_flight(backend: str) -> None:
+    """Turn torch's flight recorder on before the group exists (it reads the environment then):
+    the last `FR_BUFFER_SIZE` collectives of each rank, with their call stacks, dumped where
+    ``TORCH_FR_DUMP_TEMP_FILE`` says (``<prefix><rank>``; default ``./flight_recorder/rank_``,
+    the trainer's ``<run dir>/flight_recorder/rank_``) when a collective times out: by NCCL's
+    watchdog on GPUs, by `explain_timeout` for gloo (torch records gloo's collectives too)."""
+    if (
+        "TORCH_FR_BUFFER_SIZE" not in os.environ
+        and "TORCH_NCCL_TRACE_BUFFER_SIZE" not in os.environ
+    ):
+        os.environ["TORCH_FR_BUFFER_SIZE"] = str(FR_BUFFER_SIZE)
+    prefix = os.environ.setdefault(
+        "TORCH_FR_DUMP_TEMP_FILE", os.path.join(os.path.abspath(FR_DIR), "rank_")
+    )
+    if backend == "nccl":
+        os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+        with contextlib.suppress(OSError):  # the watchdog writes there; it does not create it
+            os.makedirs(os.path.dirname(prefix), exist_ok=True)
+
+
+def dump_flight_record(rank: int) -> str | None:
+    """Write this rank's flight record where `_record_flight` said; its path, or None (off,
+    or a torch without it). torchfrtrace reads a directory of them (docs/guide/scale.md)."""
+    prefix = os.environ.get("TORCH_FR_DUMP_TEMP_FILE")
+    size = os.environ.get("TORCH_FR_BUFFER_SIZE", os.environ.get("TORCH_NCCL_TRACE_BUFFER_SIZE"))
+    if not prefix or size in (None, "0"):
+        return None
+    try:
+        from torch._C._distributed_c10d import _dump_fr_trace
+
+        data = _named_groups(_dump_fr_trace(True, True, False))  # all, with stack traces
+        path = f"{prefix}{rank}"
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    except (ImportError, OSError, RuntimeError) as e:
+        log.debug("no flight record: %s", e)
+        return None
+    return path
+
+
+def _named_groups(dump: bytes) -> bytes:
+    """torch 2.13's gloo records its groups' config under an empty name while the entries
+    name the group ("0"): torchfrtrace then fails with ``KeyError: ('0', 0)``. Name them."""
+    import pickle
+
+    data = pickle.loads(dump)
+    config = data.get("pg_config", {})
+    if set(config) != {""}:
+        return dump
+    ranks = config[""].get("ranks", "[]")
+    for entry in data.get("entries", []):
+        uid, desc = entry["process_group"]
+        config.setdefault(uid, {"name": uid, "desc": desc, "ranks": ranks})
+    del config[""]
+    return pickle.dumps(data)
 
 
 def _bind_loopback_when_local(master_addr: str) -> None:
@@ -248,6 +312,20 @@ def session(**kwargs: object) -> Iterator[Context]:
     shutdown()
 
 
+def explain_timeout(error: BaseException) -> CollectiveTimeout | None:
+    """A `CollectiveTimeout` naming the ranks that never arrived, when ``error`` is a
+    collective's timeout in this process's job; else None. A collective every rank calls:
+    the ranks that timed out compare notes through the store (`_diagnose_timeout`)."""
+    ctx = _current
+    if ctx is None or not ctx.is_distributed or not _is_timeout(error):
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    explained = CollectiveTimeout(_diagnose_timeout(ctx))
+    explained.__cause__ = error
+    return explained
+
+
 def _is_timeout(error: BaseException) -> bool:
     seen: BaseException | None = error
     while seen is not None:
@@ -287,7 +365,9 @@ def _diagnose_timeout(ctx: Context, window_s: float = 3.0) -> str:
         if absent
         else "every rank timed out waiting (a network problem, or ranks in different collectives)"
     )
+    record = dump_flight_record(ctx.rank) if ctx.backend == "gloo" else None  # NCCL's own
+    where = f"; flight record: {record}" if record else ""
     return (
         f"a collective timed out on rank {ctx.rank} after {ctx.timeout_s:g} s: {who}; "
-        "the timeout is trainer.timeout_s (init(timeout_s=...))"
+        f"the timeout is trainer.timeout_s (init(timeout_s=...)){where}"
     )

@@ -20,6 +20,8 @@ import sys
 import time
 import traceback
 
+from distrib.errors import explain
+
 
 def die_with_parent() -> None:
     """SIGKILL this worker if the agent that started it dies (Linux ``PR_SET_PDEATHSIG``).
@@ -93,6 +95,9 @@ def main(argv: list[str]) -> None:
     except SystemExit as e:
         _exit_without_finalizing(_exit_code(e))
     except BaseException as e:
+        # A collective's timeout, explained by the worker side if the script joined a job
+        # with distrib.init: which ranks never arrived (the raw error names none).
+        e = explain(e)
         # The launcher prints the first failed rank's traceback once; print here only when
         # it cannot (no error file: run outside torch's agent).
         if not write_error_file(e):

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,9 +27,10 @@ from torch.utils.data import DataLoader
 
 from distrib.checkpoint import Checkpointer
 from distrib.checkpoint.files import step_of
+from distrib.checkpoint.interval import AutoInterval
 from distrib.config import Config, build, to_config
 from distrib.data import StreamLoader, eval_loader, loader
-from distrib.distributed.process_group import Context, session
+from distrib.distributed.process_group import FR_DIR, Context, session
 from distrib.errors import ConfigError
 from distrib.loggers import MetricLogger, close_all, log_all, make_loggers
 from distrib.loggers.rank_logs import setup_logging
@@ -54,8 +56,13 @@ from distrib.trainer.resume_policy import (
     hyperparameter_changes,
 )
 from distrib.trainer.state import TrainState, capture, restore, sharded_state
+from distrib.trainer.stragglers import Watch
 
 log = logging.getLogger("distrib.trainer.loop")
+
+_save_clock = time.perf_counter
+"""What a save's blocking cost is measured with (tests inject a fake one)."""
+_SAVE_COST = "checkpoint_blocked_s"
 
 STOP_CHECK_EVERY = 10
 """A preemption signal stops training within min(log_every, 10) optimizer steps: the vote
@@ -92,6 +99,13 @@ class _Run:
     """The step this job started at (after a resume): its next step compiles."""
     scaler: Any = None
     """fp16's gradient scaler (`distrib.parallel.precision.grad_scaler`); None otherwise."""
+    save_cost_s: float = -1.0
+    """How long this rank's last `save` blocked training (-1: none yet)."""
+    auto: AutoInterval | None = None
+    """``every_steps=auto``: the interval, re-evaluated at each log step."""
+    stragglers: Watch | None = None
+    hosts: list[str] | None = None
+    """Every rank's host name, gathered at the first straggler warning."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -114,6 +128,7 @@ class _Run:
             data=_stream_state(self.train_dl, self.state),
             scaler=self.scaler,
         )
+        start = _save_clock()
         shards = sharded_state(self.model, self.optimizer) if par.is_sharded(self.model) else None
         self.ckpt.save(
             data,
@@ -122,6 +137,7 @@ class _Run:
             metrics=metrics,
             sharded=shards,
         )
+        self.save_cost_s = _save_clock() - start  # async: the staging copy only
         self.saved_step = self.state.step
 
 
@@ -135,6 +151,8 @@ def fit(
     rank); ``return_weights`` adds the final CPU state dict.
     """
     t = cfg.trainer
+    if run_dir is not None:  # a timed-out collective's flight record goes to the run directory
+        os.environ.setdefault("TORCH_FR_DUMP_TEMP_FILE", str(run_dir.resolve() / FR_DIR / "rank_"))
     with (
         session(device=t.device, backend=t.backend, timeout_s=t.timeout_s) as ctx,
         preemption.install((*preemption.DEFAULT_SIGNALS, signal.SIGINT)) as flag,
@@ -208,6 +226,15 @@ def fit(
         run.train_dl = train_dl
         run.scaler = precision.grad_scaler(ctx.device, t.precision, sharded=par.is_sharded(model))
         run.peak_tflops = t.peak_tflops or fl.peak_tflops(fl.device_name(ctx.device), t.precision)
+        run.stragglers = Watch(factor=t.straggler_factor, every=t.straggler_every)
+        if c.every_steps == "auto":
+            run.auto = AutoInterval(
+                world_size=ctx.world_size,
+                mtbf_h=c.mtbf_h,
+                min_s=c.auto_min_s,
+                max_s=c.auto_max_s,
+                announce=ctx.is_main,
+            )
         try:
             _resume(run, t.resume if run_dir is not None else "never")
             steps_per_epoch = -(-len(train_dl) // t.grad_accum)
@@ -410,6 +437,57 @@ def _check_best_metric(name: str | None, result: dict[str, Any], task: dict) -> 
         )
 
 
+def _update_auto(run: _Run, row: dict[str, float]) -> None:
+    """``every_steps=auto``: re-evaluate from the row (equal on every rank, so every rank
+    saves at the same steps): the slowest rank's last save cost, the mean step time."""
+    if run.auto is None:
+        return
+    cost = row.pop(f"{_SAVE_COST}_max")
+    row.pop(f"{_SAVE_COST}_min"), row.pop(f"{_SAVE_COST}_mean")
+    if cost >= 0:
+        run.auto.update(cost_s=cost, step_s=row.get("step_time_mean", math.nan))
+
+
+def _warn_straggler(run: _Run, row: dict[str, float]) -> None:
+    """Name a rank that stays slow (`distrib.trainer.stragglers`); the row is equal on every
+    rank, so every rank joins the one host-name gather at the first warning."""
+    rank = run.stragglers.update(row) if run.stragglers is not None else None
+    if rank is None:
+        return
+    if run.hosts is None:
+        import socket
+
+        run.hosts = [socket.gethostname()]
+        if run.ctx.is_distributed:
+            run.hosts = [""] * run.ctx.world_size
+            dist.all_gather_object(run.hosts, socket.gethostname())
+    if run.ctx.is_main:
+        t = run.cfg.trainer
+        log.warning(
+            "straggler: rank %d (host %s) works %.1fx as long as the median rank before each "
+            "gradient sync (the others wait ~%.0f%% of a step for it) at step %d; again every "
+            "%d log steps while it lasts (trainer.straggler_factor=%g)",
+            rank,
+            run.hosts[rank],
+            row["slowest_vs_median"],
+            100 * row["slowest_excess_frac"],
+            run.state.step,
+            t.straggler_every,
+            t.straggler_factor,
+        )
+
+
+def _save_due(run: _Run, log_step: bool) -> bool:
+    """A mid-epoch save at this step: every N steps, or when the auto interval has passed
+    since the last save (the first one at the first log step, to measure its cost)."""
+    every, step = run.cfg.trainer.checkpoint.every_steps, run.state.step
+    if run.auto is None:
+        return bool(every) and step % int(every) == 0
+    if run.auto.steps is None:
+        return log_step and run.save_cost_s < 0
+    return step - run.saved_step >= run.auto.steps
+
+
 def _done(state: TrainState, max_steps: int) -> bool:
     return max_steps > 0 and state.step >= max_steps
 
@@ -460,6 +538,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 # CPU, memory freed at a step's end goes back to the OS and is faulted in again
                 # by the next backward (a 42 MB MLP stepped 11% slower); here it is reused.
                 run.optimizer.zero_grad(set_to_none=True)
+            if last_micro:
+                timer.work_done()  # this backward syncs the gradients: peers wait from here
             (loss if run.scaler is None else run.scaler.scale(loss)).backward()
         step_loss = loss.detach() if i == first else step_loss + loss.detach()
         step_samples += batch_size(batch)
@@ -506,6 +586,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
         # all_reduce carries the window's metrics and the preemption vote. Between them a
         # vote every STOP_CHECK_EVERY steps bounds how late a preemption is seen.
         if log_step:
+            if run.auto is not None:  # every rank's last save cost rides on the same collective
+                metrics.add_per_rank(_SAVE_COST, run.save_cost_s)
             row = report(
                 metrics,
                 ctx,
@@ -515,9 +597,12 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
                 stop=flag.requested,
                 steps=state.step - logged_at,
                 peak_tflops=run.peak_tflops,
+                work=timer.take_work(),
             )
             logged_at = state.step
             stop = row.pop("stop_requested") > 0
+            _update_auto(run, row)
+            _warn_straggler(run, row)
             state.history.append(row)
             log_all(run.loggers, row, state.step)
             if t.nonfinite == "stop" and not math.isfinite(row.get("loss", 0.0)):
@@ -532,11 +617,7 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             return True
         # At an epoch's end a save follows anyway when every_epoch is on, or training is done.
         save_follows = end and (t.checkpoint.every_epoch or _done(state, t.max_steps))
-        if (
-            t.checkpoint.every_steps
-            and state.step % t.checkpoint.every_steps == 0
-            and not save_follows
-        ):
+        if _save_due(run, log_step) and not save_follows:
             run.save()
         if _done(state, t.max_steps):
             break

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import resource
+import statistics
 import sys
 import time
 import zlib
@@ -56,6 +57,7 @@ class Metrics:
         self._sums: dict[str, list[float]] = {}  # name -> [sum(value * weight), sum(weight)]
         self._per_rank: dict[str, list[float]] = {}  # same, but reduced to one value per rank
         self._device_sums: dict[str, tuple[torch.Tensor, float]] = {}  # same, on the device
+        self._ranked: set[str] = set()  # per-rank names that also report _median and _argmax
 
     def add_device(self, name: str, value: torch.Tensor, weight: float = 1.0) -> None:
         """`add` for a value (a 0-d tensor) still on the device: it is read back only by
@@ -78,12 +80,18 @@ class Metrics:
         """Add to a global ratio sum(numerator) / sum(denominator) (``nan`` if that is 0)."""
         self._accumulate(self._sums, self._per_rank, name, float(numerator), float(denominator))
 
-    def add_per_rank(self, name: str, value: float, weight: float = 1.0) -> None:
+    def add_per_rank(
+        self, name: str, value: float, weight: float = 1.0, *, ranked: bool = False
+    ) -> None:
         """Add to this rank's local weighted mean; `compute` reports its min/mean/max over ranks.
 
         The mean is the plain mean of the ranks' values (each rank counts once): the right
-        average for step times, where the slowest rank is what everyone waits for.
+        average for step times, where the slowest rank is what everyone waits for. ``ranked``
+        adds ``_median`` (the lower median: the faster of two) and ``_argmax`` (which rank has
+        the max; the lowest on a tie).
         """
+        if ranked:
+            self._ranked.add(name)
         w = float(weight)
         self._accumulate(self._per_rank, self._sums, name, float(value) * w, w)
 
@@ -113,6 +121,7 @@ class Metrics:
         self._sums.clear()
         self._per_rank.clear()
         self._device_sums.clear()
+        self._ranked.clear()
 
     def compute(self, ctx: Context | None = None) -> dict[str, float]:
         """Reduce over all ranks with exactly one ``all_reduce``, reset, return global values.
@@ -157,6 +166,9 @@ class Metrics:
             out[f"{name}_min"] = min(per_rank)
             out[f"{name}_mean"] = math.fsum(per_rank) / world
             out[f"{name}_max"] = max(per_rank)
+            if name in self._ranked:
+                out[f"{name}_median"] = statistics.median_low(per_rank)
+                out[f"{name}_argmax"] = float(per_rank.index(out[f"{name}_max"]))
             pos += world
         n = len(on_device)
         for name, weight, total in zip(
@@ -221,10 +233,54 @@ class StepTimer:
         self._clock = clock
         self._start = clock()
         self._wait = 0.0
+        self._work_end: float | None = None
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # CUDA: not read yet
+        self._work_start: torch.cuda.Event | None = None
+        self._work_stop: torch.cuda.Event | None = None
+        self._works: list[float] = []  # CPU: each step's work time since `take_work`
+        self._fresh, self._work_begin = True, self._start
 
     def restart(self) -> None:
         """Start the next step's clock now (`iterate` does this; call after a pause, e.g. eval)."""
         self._start, self._wait = self._clock(), 0.0
+        self._fresh = True
+
+    def _begin_work(self, now: float) -> None:
+        """A step's work starts when its first batch is asked for (`iterate`), not when the
+        last one ended: the logging, saving or evaluation rank 0 did in between is no one's."""
+        self._fresh, self._work_begin = False, now
+        self._work_end, self._work_stop = None, None
+        if self._sync:  # an event on the stream: the device's time, read once it is synced
+            self._work_start = torch.cuda.Event(enable_timing=True)
+            self._work_start.record()
+
+    def work_done(self) -> None:
+        """The step's own work ends here: what follows (the gradient sync) waits for peers.
+
+        The host's clock on CPU; on CUDA an event, so the host never waits for the device.
+        """
+        if self._sync:
+            self._work_stop = torch.cuda.Event(enable_timing=True)
+            self._work_stop.record()
+        else:
+            self._work_end = self._clock()
+
+    def _end_work(self, now: float) -> None:
+        if not self._sync:
+            end = self._work_end if self._work_end is not None else now
+            self._works.append(end - self._work_begin)
+        elif self._work_start is not None and self._work_stop is not None:
+            self._events.append((self._work_start, self._work_stop))
+        self._work_start = self._work_stop = None
+
+    def take_work(self) -> list[float]:
+        """Each step's work before `work_done` (seconds) since the last call; on CUDA the
+        device's time, so call it only after a synced `step_done` (a log step)."""
+        if self._sync:
+            done, self._events = self._events, []
+            return [a.elapsed_time(b) / 1000.0 for a, b in done]
+        done, self._works = self._works, []
+        return done
 
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` just spent out of the current step (the FLOP count's pass)."""
@@ -236,6 +292,8 @@ class StepTimer:
         t0 = self._clock()
         it = iter(iterable)  # a DataLoader starts its workers here: that is data wait too
         while True:
+            if self._fresh:
+                self._begin_work(t0)
             try:
                 item = next(it)
             except StopIteration:
@@ -249,8 +307,9 @@ class StepTimer:
         if self._sync and sync:
             torch.cuda.synchronize(self._device)
         now = self._clock()
+        self._end_work(now)
         out = StepTime(now - self._start, self._wait)
-        self._start, self._wait = now, 0.0
+        self._start, self._wait, self._fresh = now, 0.0, True
         return out
 
 
@@ -268,6 +327,7 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
 # Raw names `record_step` adds and `summarize` turns into the reported ones.
 _LOSS, _SAMPLES, _WAIT, _STEP, _MEMORY = "loss", "samples", "data_wait", "step_time", "memory_mb"
 _FLOPS, _SKIPPED = "flops", "skipped"
+_WORK = "work_time"
 
 
 def record_step(
@@ -316,6 +376,7 @@ def report(
     stop: bool = False,
     steps: int = 0,
     peak_tflops: float | None = None,
+    work: list[float] | None = None,
 ) -> dict[str, float]:
     """Reduce the window (one collective; call on every rank) and return the logged row.
 
@@ -323,7 +384,12 @@ def report(
     same all_reduce, and the row's ``stop_requested`` is 1.0 on every rank when any rank voted.
     ``steps``: the optimizer steps in the window (what ``skipped_steps`` is counted out of);
     ``peak_tflops``: the device's peak per rank, for ``mfu``.
+    ``work``: the window's steps' work before the gradient sync (`StepTimer.take_work`), where
+    no rank waits for another; their median (one slow step is not a slow rank) names the
+    ``slowest_rank``, the one the others wait for.
     """
+    if work is not None:
+        metrics.add_per_rank(_WORK, statistics.median(work) if work else math.nan, ranked=True)
     metrics.add_per_rank(_MEMORY, peak_memory_mb(ctx.device))
     metrics.add_ratio(_STOP, float(stop), 1.0)
     row = summarize(
@@ -337,6 +403,9 @@ def report(
     )
     row[_STOP] = float(row[_STOP] > 0)
     return row
+
+
+STATS = ("min", "mean", "max", "median", "argmax")
 
 
 def summarize(
@@ -356,6 +425,11 @@ def summarize(
     time over the average rank's (1.0 is perfectly balanced). ``tflops_per_s`` is per rank
     (per GPU: what a peak is quoted for) and ``mfu`` that over ``peak_tflops``;
     ``skipped_steps`` the window's steps the gradient scaler skipped (every rank skips alike).
+    Under DDP every rank waits for
+    the slowest in the gradient sync, so step times even out; ``slowest_rank`` is the rank
+    whose work before the sync took longest, ``slowest_vs_median`` that time over the median
+    rank's, ``slowest_excess_frac`` the difference as a share of the mean step time (what the
+    others wait for it, at most); `distrib.trainer.stragglers` warns when they stay high.
     """
     rest = dict(computed)
     row: dict[str, float] = {"step": step, "epoch": epoch}
@@ -374,6 +448,12 @@ def summarize(
             row["mfu"] = row["tflops_per_s"] / peak_tflops
     if _SKIPPED in rest:
         row["skipped_steps"] = float(round(rest.pop(_SKIPPED) * steps))
+    if f"{_WORK}_max" in rest:
+        work = {stat: rest.pop(f"{_WORK}_{stat}") for stat in STATS}
+        row["slowest_rank"] = work["argmax"]
+        row["slowest_vs_median"] = _ratio(work["max"], work["median"])
+        step = row.get("step_time_mean", math.nan)
+        row["slowest_excess_frac"] = _ratio(work["max"] - work["median"], step)
     if _WAIT in rest:
         row["data_wait_frac"] = rest.pop(_WAIT)
     if f"{_MEMORY}_max" in rest:
