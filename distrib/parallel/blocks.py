@@ -7,6 +7,8 @@ Named by class (``trainer.blocks=[GPT2Block]``), or found: the modules of the mo
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from distrib.errors import ConfigError
@@ -47,15 +49,21 @@ def checkpoint_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Modu
     """
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+    # non-reentrant: works with DDP, FSDP and compile
+    return replace_blocks(model, blocks, checkpoint_wrapper)
+
+
+def replace_blocks(model: nn.Module, blocks: list[nn.Module], wrap: Any) -> list[nn.Module]:
+    """Put ``wrap(block)`` where each of ``blocks`` sits inside ``model``; return the new ones."""
     parents = {
         id(child): (parent, name)
         for parent in model.modules()
         for name, child in parent.named_children()
     }
-    wrapped = []
+    out = []
     for block in blocks:
         parent, name = parents[id(block)]
-        new = checkpoint_wrapper(block)  # non-reentrant: works with DDP, FSDP and compile
+        new = wrap(block)
         setattr(parent, name, new)
-        wrapped.append(new)
-    return wrapped
+        out.append(new)
+    return out

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from distrib.errors import check
+from distrib.parallel.blocks import replace_blocks
 
 log = logging.getLogger("distrib.parallel.compile")
 
@@ -77,18 +78,11 @@ def compile_blocks(
     """
     if not config.enable:
         return blocks
-    parents = {
-        id(child): (parent, name)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-    }
-    out = []
-    for block in blocks:
-        parent, name = parents[id(block)]
-        new = torch.compile(block, mode=config.mode, fullgraph=config.fullgraph)
-        setattr(parent, name, new)
-        out.append(new)
-    return out
+    return replace_blocks(
+        model,
+        blocks,
+        lambda block: torch.compile(block, mode=config.mode, fullgraph=config.fullgraph),
+    )
 
 
 def use_cache_in(run_dir: Path | None) -> str | None:
