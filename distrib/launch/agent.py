@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -342,7 +343,7 @@ def run(
     try:
         with captured_stderr() as captured:  # the store connects: its C++ warnings are loud
             handler = _answered_within(
-                _store_wait_s(config), registry.get_rendezvous_handler, params
+                _store_wait_s(config), config.rdzv_endpoint, registry.get_rendezvous_handler, params
             )
         sys.stderr.write(captured.without_frames())
         if callable(entrypoint):  # a script goes through distrib.launch.script, which guards
@@ -403,7 +404,7 @@ def _store_wait_s(config: Any) -> float:
     return timeout + STORE_GRACE_S
 
 
-def _answered_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+def _answered_within(seconds: float, endpoint: str, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, or `TimeoutError` after ``seconds``.
 
     torch's TCPStore client connects, then waits for the server's answer to its first
@@ -411,6 +412,10 @@ def _answered_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     service, a stale port forward) that accepts and never replies hung the launch for good.
     The call runs in a daemon thread (it holds no lock of ours and releases the GIL while it
     waits); on timeout it is left there and the process goes on to fail in one line.
+
+    Only an endpoint that accepts a connection is said to be something else: where nothing
+    accepts, torch's own connect timeout (at the rendezvous timeout) is still on its way, late
+    on a loaded machine, and says why better; it gets ``seconds`` more.
     """
     box: dict[str, Any] = {}
 
@@ -423,6 +428,12 @@ def _answered_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     thread = threading.Thread(target=call, name="distrib-store-connect", daemon=True)
     thread.start()
     thread.join(seconds)
+    if thread.is_alive() and not _accepts(endpoint):
+        thread.join(seconds)
+        if thread.is_alive():
+            raise TimeoutError(
+                f"nothing accepted a connection at {endpoint} within {2 * seconds:g} s"
+            )
     if thread.is_alive():
         raise TimeoutError(
             f"the endpoint accepted the connection but did not answer as a c10d store within "
@@ -431,6 +442,17 @@ def _answered_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def _accepts(endpoint: str, timeout_s: float = 2.0) -> bool:
+    """Whether something at ``host[:port]`` (port 29400 as torch's default) accepts a TCP
+    connection within ``timeout_s``."""
+    host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "29400")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _quiet_torch_logs() -> Callable[[], None]:
