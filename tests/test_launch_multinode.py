@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 ENV = {
     **os.environ,
-    "PYTHONPATH": str(ROOT / "tests"),
+    "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",  # this checkout's distrib first
     "WANDB_MODE": "disabled",
     "PYTHONFAULTHANDLER": "1",
     "PATH": f"{Path(PY).parent}:{os.environ.get('PATH', '')}",
@@ -263,3 +263,63 @@ def test_a_lone_node_that_waits_out_the_timeout_says_who_joined(tmp_path: Path):
         "failed: timed out: 1 of 2 node(s) joined within 5 s (localhost); the others never "
         "reached the endpoint"
     ), line
+
+
+@pytest.mark.waits
+def test_a_network_partition_ends_both_nodes_in_time_naming_the_peer_lost(tmp_path: Path):
+    # The veth is cut while rank 1 sleeps before step 20's all_reduce: node 0's worker times
+    # out waiting for rank 1; node 1's worker times out too, and then its store (on node 0)
+    # never answers; node 1's agent, asking that store who waits to join, never returned.
+    from netns import _ip
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    timeout_s, grace_s = 20, 25  # the grace: the store's silence (8 s) plus a loaded exit
+    with two_hosts() as hosts:
+        procs = []
+        for i in (0, 1):
+            argv = [
+                PY, "-m", "distrib.train", *[a for a in TRAIN if not a.startswith("model.")],
+                "trainer.epochs=20", "~model", "+model._target_=fixtures.SleepyMLP",
+                f"+model.pid_dir={pids}", "+model.rank=1", "+model.at_call=20",
+                "+model.sleep_s=2", f"trainer.timeout_s={timeout_s}", "launcher.nnodes=2",
+                "launcher.nproc=1", f"launcher.rdzv_endpoint={hosts.addrs[0]}:{PORT}",
+                "launcher.rdzv_id=part", f"launcher.local_addr={hosts.addrs[i]}",
+                f"launcher.ifname={hosts.ifnames[i]}", f"hydra.run.dir={tmp_path / 'run'}",
+            ]  # fmt: skip
+            procs.append(
+                hosts.popen(
+                    i,
+                    argv,
+                    cwd=tmp_path,
+                    env=ENV,
+                    text=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=(tmp_path / f"err{i}").open("w"),
+                )  # fmt: skip
+            )
+        deadline = time.monotonic() + 120
+        while not (pids / "rank1.sleeping").exists():
+            assert all(p.poll() is None for p in procs), (tmp_path / "err0").read_text()[-3000:]
+            assert time.monotonic() < deadline, "never reached step 20"
+            time.sleep(0.1)
+        _ip("-n", hosts.names[0], "link", "set", "dev", hosts.ifnames[0], "down")
+        cut = time.monotonic()
+        ended: dict[int, float] = {}
+        while len(ended) < 2 and time.monotonic() - cut < timeout_s + grace_s:
+            ended.update({i: time.monotonic() - cut for i, p in enumerate(procs)
+                          if i not in ended and p.poll() is not None})  # fmt: skip
+            time.sleep(0.2)
+        if len(ended) < 2:
+            hosts.dump_stacks()  # PYTHONFAULTHANDLER: where the node that did not end sits
+            time.sleep(2)
+    errs = [(tmp_path / f"err{i}").read_text() for i in (0, 1)]
+    assert sorted(ended) == [0, 1], f"node(s) still running: {errs[len(ended) > 0][-6000:]}"
+    assert [p.returncode for p in procs] == [1, 1]
+    last = [e.strip().splitlines()[-1] for e in errs]
+    assert last[0].startswith("distrib: error: worker rank 0 failed"), errs[0][-3000:]
+    assert "rank(s) 1 never arrived" in last[0], last[0]
+    assert last[1].startswith("distrib: error: worker rank 1 failed"), errs[1][-3000:]
+    assert f"the job's store at {hosts.addrs[0]}:" in last[1], last[1]
+    assert "lost contact with the node that hosts it (a network partition" in last[1], last[1]

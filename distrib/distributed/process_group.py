@@ -19,6 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from distrib.bounded import call_within
 from distrib.env import WorkerEnv, read_env
 from distrib.errors import ConfigError, add_explainer
 
@@ -326,6 +327,28 @@ def explain_timeout(error: BaseException) -> CollectiveTimeout | None:
     return explained
 
 
+def _absent_ranks(ctx: Context, window_s: float) -> list[int]:
+    """Leave this rank's mark in the store; the ranks still without one after ``window_s``."""
+    import time
+
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"distrib/timed_out/{ctx.rank}", "1")
+    keys = [f"distrib/timed_out/{r}" for r in range(ctx.world_size)]
+    deadline = time.monotonic() + window_s
+    absent = list(range(ctx.world_size))
+    while absent and time.monotonic() < deadline:
+        absent = [r for r, k in enumerate(keys) if not store.check([k])]
+        time.sleep(0.2)
+    return absent
+
+
+def _store_address() -> str:
+    """Where the job's store listens, as the launcher told the workers (torch's agent store
+    under ``distrib.launch`` and torchrun); empty when it did not."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return f"{addr}:{port}" if addr and port else ""
+
+
 def _is_timeout(error: BaseException) -> bool:
     seen: BaseException | None = error
     while seen is not None:
@@ -337,34 +360,36 @@ def _is_timeout(error: BaseException) -> bool:
     return False
 
 
-def _diagnose_timeout(ctx: Context, window_s: float = 3.0) -> str:
+def _diagnose_timeout(ctx: Context, window_s: float = 3.0, store_grace_s: float = 5.0) -> str:
     """Which ranks never reached the collective this rank gave up on.
 
     A timed-out gloo group is unusable (even ``monitored_barrier`` fails on its closed pairs),
     so the ranks compare notes through the job's store instead: every rank that timed out
     leaves a mark; the ranks still without one after ``window_s`` were elsewhere -- hung in
-    user code, or stuck in another collective. Costs nothing until a timeout happens.
+    user code, or stuck in another collective. Costs nothing until a timeout happens. A store
+    cut off by a network partition never answers (its client has no timeout then): past
+    ``window_s + store_grace_s`` this rank says it lost the node that hosts the store.
     """
-    import time
-
+    bound = window_s + store_grace_s
     try:
-        store = dist.distributed_c10d._get_default_store()
-        store.set(f"distrib/timed_out/{ctx.rank}", "1")
-        keys = [f"distrib/timed_out/{r}" for r in range(ctx.world_size)]
-        deadline = time.monotonic() + window_s
-        absent = list(range(ctx.world_size))
-        while absent and time.monotonic() < deadline:
-            absent = [r for r, k in enumerate(keys) if not store.check([k])]
-            time.sleep(0.2)
+        done, absent = call_within(bound, _absent_ranks, ctx, window_s)
     except Exception as e:  # the store is gone too: say what we know
         log.debug("timeout diagnosis failed: %s", e)
-        absent = []
-    who = (
-        f"rank(s) {', '.join(map(str, absent))} never arrived (hung, or stuck outside the "
-        "collective: see their logs)"
-        if absent
-        else "every rank timed out waiting (a network problem, or ranks in different collectives)"
-    )
+        done, absent = True, []
+    if not done:
+        store = _store_address()
+        who = (
+            f"the job's store{f' at {store}' if store else ''} did not answer within {bound:g} s "
+            "either: this rank lost contact with the node that hosts it (a network partition, "
+            "or that node is gone)"
+        )
+    elif absent:
+        who = (
+            f"rank(s) {', '.join(map(str, absent))} never arrived (hung, or stuck outside the "
+            "collective: see their logs)"
+        )
+    else:
+        who = "every rank timed out waiting (a network problem, or ranks in different collectives)"
     record = dump_flight_record(ctx.rank) if ctx.backend == "gloo" else None  # NCCL's own
     where = f"; flight record: {record}" if record else ""
     return (

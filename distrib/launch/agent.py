@@ -23,17 +23,18 @@ import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from distrib.bounded import call_within
 from distrib.launch.rendezvous_errors import (
     Captured,
     captured_stderr,
     describe,
     is_rendezvous_error,
 )
+from distrib.launch.store_watch import watched
 
 REQUEUE_EXIT_CODE = 75  # the worker side's preemption.REQUEUE_EXIT_CODE (no import: other side)
 INTERRUPT_EXIT_CODE = 130  # ... and its INTERRUPT_EXIT_CODE: Ctrl-C, checkpoint written
@@ -346,6 +347,7 @@ def run(
                 _store_wait_s(config), config.rdzv_endpoint, registry.get_rendezvous_handler, params
             )
         sys.stderr.write(captured.without_frames())
+        handler = watched(handler, config.rdzv_endpoint)  # a partition cannot hold this node
         if callable(entrypoint):  # a script goes through distrib.launch.script, which guards
             entrypoint, args = _guarded, (entrypoint, *args)
         spec = WorkerSpec(
@@ -409,39 +411,28 @@ def _answered_within(seconds: float, endpoint: str, fn: Callable[..., Any], *arg
 
     torch's TCPStore client connects, then waits for the server's answer to its first
     request with no timeout at all: an endpoint where something else listens (another
-    service, a stale port forward) that accepts and never replies hung the launch for good.
-    The call runs in a daemon thread (it holds no lock of ours and releases the GIL while it
-    waits); on timeout it is left there and the process goes on to fail in one line.
+    service, a stale port forward) that accepts and never replies hung the launch for good
+    (`distrib.bounded.call_within`: past the deadline the process fails in one line).
 
     Only an endpoint that accepts a connection is said to be something else: where nothing
     accepts, torch's own connect timeout (at the rendezvous timeout) is still on its way, late
     on a loaded machine, and says why better; it gets ``seconds`` more.
     """
-    box: dict[str, Any] = {}
+    accepts: list[bool] = []
 
-    def call() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
+    def more() -> float:
+        accepts.append(_accepts(endpoint))
+        return 0.0 if accepts[0] else seconds
 
-    thread = threading.Thread(target=call, name="distrib-store-connect", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive() and not _accepts(endpoint):
-        thread.join(seconds)
-        if thread.is_alive():
-            raise TimeoutError(
-                f"nothing accepted a connection at {endpoint} within {2 * seconds:g} s"
-            )
-    if thread.is_alive():
-        raise TimeoutError(
-            f"the endpoint accepted the connection but did not answer as a c10d store within "
-            f"{seconds:g} s: is another service listening on that port?"
-        )
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    done, value = call_within(seconds, fn, *args, more=more)
+    if done:
+        return value
+    if not accepts[0]:
+        raise TimeoutError(f"nothing accepted a connection at {endpoint} within {2 * seconds:g} s")
+    raise TimeoutError(
+        f"the endpoint accepted the connection but did not answer as a c10d store within "
+        f"{seconds:g} s: is another service listening on that port?"
+    )
 
 
 def _accepts(endpoint: str, timeout_s: float = 2.0) -> bool:
