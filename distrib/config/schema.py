@@ -75,6 +75,31 @@ class CheckpointConfig:
 
 
 @dataclass(kw_only=True)
+class ProfileConfig:
+    """A torch.profiler window (``trainer.profile.*``; `distrib.trainer.profile`); off by
+    default. Its schedule counts optimizer steps: skip ``wait``, warm up ``warmup`` (recorded
+    and thrown away: the first steps after the profiler starts are unrepresentative), then
+    record ``active`` steps into ``<run dir>/profile/``."""
+
+    wait: int = 0
+    """Optimizer steps skipped before the window (past a compile or a cold cache)."""
+    warmup: int = 1
+    """Steps profiled and discarded before the recorded ones."""
+    active: int = 0
+    """Steps recorded into the trace (0: off, no profiler is created)."""
+    ranks: list[int] = field(default_factory=lambda: [0])
+    """Which ranks record, one trace file each (empty: every rank)."""
+
+    def __post_init__(self) -> None:
+        p = "trainer.profile."
+        check(self.wait >= 0, p + "wait", self.wait, "an integer >= 0")
+        check(self.warmup >= 0, p + "warmup", self.warmup, "an integer >= 0")
+        check(self.active >= 0, p + "active", self.active, "an integer >= 0 (0: off)")
+        bad = [r for r in self.ranks if r < 0]
+        check(not bad, p + "ranks", list(self.ranks), "a list of ranks >= 0 (empty: all)")
+
+
+@dataclass(kw_only=True)
 class TrainerConfig:
     """How to train (``trainer.*``)."""
 
@@ -147,6 +172,7 @@ class TrainerConfig:
     """The device's dense peak TFLOP/s per rank at ``precision``, for the ``mfu`` of each log
     row; 0: from distrib's table by GPU name (A100, H100, H200, L40S, L4; none on a CPU)."""
     compile: CompileConfig = field(default_factory=CompileConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

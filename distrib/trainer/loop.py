@@ -41,6 +41,7 @@ from distrib.rng import seed_all
 from distrib.tasks import Task, batch_size, to_device
 from distrib.trainer import flops as fl
 from distrib.trainer import preemption, run_lock
+from distrib.trainer import profile as profiling
 from distrib.trainer.evaluation import describe, evaluate
 from distrib.trainer.guards import (
     NonFiniteLoss,
@@ -106,6 +107,8 @@ class _Run:
     stragglers: Watch | None = None
     hosts: list[str] | None = None
     """Every rank's host name, gathered at the first straggler warning."""
+    profiler: Any = None
+    """This rank's ``trainer.profile`` window (`distrib.trainer.profile`); None: off."""
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint now (every rank calls: RNG states are gathered; rank 0 writes).
@@ -261,8 +264,10 @@ def fit(
                     t.global_batch_size // (ctx.world_size * t.grad_accum),
                     t.grad_accum,
                 )
+            run.profiler = profiling.start(t.profile, run_dir, ctx.rank)
             result = _train(run, train_dl, eval_dl, flag)
         finally:
+            profiling.stop(run.profiler)
             ckpt.close()
             close_all(run.loggers)
             if run_dir is not None:
@@ -565,6 +570,8 @@ def train_epoch(run: _Run, dl: DataLoader, flag: preemption.PreemptionFlag) -> b
             if run.scheduler is not None:
                 run.scheduler.step()
         state.step += 1
+        if run.profiler is not None:
+            run.profiler.step()
         state.consumed += step_samples * ctx.world_size
         end = i == n_micro - 1 or _done(state, t.max_steps)
         log_step = state.step % t.log_every == 0 or end
