@@ -249,12 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         ns_ = [float(r["n"]) for r in last]
         a, k = fit_power(ns_, [float(r["rejoin_ops"]) for r in last])
         ba, bk = fit_power(ns_, [float(r["rejoin_bytes"]) for r in last])
-        print(f"\nre-join ops ~ N^{k:.2f}, bytes ~ N^{bk:.2f} (fitted at N = "
-              f"{', '.join(str(r['n']) for r in last)}; measured up to N={results[-1]['n']})")
+        print(
+            f"\nre-join ops ~ N^{k:.2f}, bytes ~ N^{bk:.2f} (fitted at N = "
+            f"{', '.join(str(r['n']) for r in last)}; measured up to N={results[-1]['n']})"
+        )
         for gpus in (1_000, 16_000):
             nodes = gpus // 8
-            print(f"extrapolated, {gpus:,} GPUs = {nodes:,} nodes (8 GPUs each): re-join "
-                  f"~{a * nodes**k:,.0f} ops, ~{ba * nodes**bk / 2**20:,.0f} MB moved")
+            print(
+                f"extrapolated, {gpus:,} GPUs = {nodes:,} nodes (8 GPUs each): re-join "
+                f"~{a * nodes**k:,.0f} ops, ~{ba * nodes**bk / 2**20:,.0f} MB moved"
+            )
     if not ns.no_restart:
         parts = restart_parts(ns.ckpt_mb)
         rdzv = next((r["rejoin_s"] for r in results if r["n"] <= 8), float("nan"))
