@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     sizes = [int(n) for n in ns.nodes.split(",")]
     results = []
+    grows = "yes: store ops grow with N"
     print(f"## Rendezvous: torch {torch.__version__} c10d, N agents as threads, {os.cpu_count()} "
           "cores, one TCPStore server on loopback")  # fmt: skip
     print(f"\n{HEADER}\n|---:|---:|---:|---:|---:|---:|---:|", flush=True)
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         ns_ = [float(r["n"]) for r in last]
         a, k = fit_power(ns_, [float(r["rejoin_ops"]) for r in last])
         ba, bk = fit_power(ns_, [float(r["rejoin_bytes"]) for r in last])
+        grows = f"yes: store ops ~ N^{k:.1f}, bytes ~ N^{bk:.1f} (fitted)"
         print(
             f"\nre-join ops ~ N^{k:.2f}, bytes ~ N^{bk:.2f} (fitted at N = "
             f"{', '.join(str(r['n']) for r in last)}; measured up to N={results[-1]['n']})"
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## Restart parts on this machine (checkpoint {parts['ckpt_mb']:.0f} MB)")
         print("\n| part | seconds | grows with N nodes? |\n|---|---:|---|")
         print(f"| launch (python, import torch + distrib) | {parts['launch_s']:.2f} | no |")
-        print(f"| rendezvous (re-join, N={sizes[0]}) | {rdzv:.2f} | yes: store ops ~ N^2 |")
+        print(f"| rendezvous (re-join, N={sizes[0]}) | {rdzv:.2f} | {grows} |")
         print(f"| checkpoint load (sha256 + torch.load) | {parts['load_s']:.2f} | "
               "per rank no; every rank reads it all |")  # fmt: skip
         print(f"| first step (CPU, no collective) | {parts['step_s']:.2f} | no |")
