@@ -1,4 +1,4 @@
-"""``python -m distrib.bench [checkpoint|data|memory|scaling] [options]``: run one benchmark
+"""``python -m distrib.bench [checkpoint|data|memory|scale|scaling] [options]``: run one benchmark
 (default: all, each with its short default; ``make bench``)."""
 
 from __future__ import annotations
@@ -6,12 +6,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from distrib.bench import checkpoint, data, memory, scaling
+from distrib.bench import checkpoint, data, memory, scale, scaling
 
 BENCHMARKS: dict[str, Callable[[list[str]], int | None]] = {
     "checkpoint": checkpoint.main,
     "data": data.main,
     "memory": memory.main,
+    "scale": scale.main,
     "scaling": scaling.main,
 }
 

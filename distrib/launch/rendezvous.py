@@ -119,14 +119,20 @@ def _rendezvous_store(params: Any) -> Any:
         ) from e
 
 
-def _create_c10d_handler(params: Any) -> Any:
+def c10d_handler(store: Any, params: Any, serve: Any = bound_store) -> Any:
+    """The ``distrib-c10d`` handler over ``store``; ``serve(addr, port)`` makes rank 0's
+    per-round store. Its own function so that ``distrib.bench scale`` runs this very handler
+    over a store that counts its operations."""
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
 
-    store = _rendezvous_store(params)
     backend = _named_backend(C10D_BACKEND)(store, params.run_id)
     handler = create_handler(store, backend, params)
-    handler._create_tcp_store_server = lambda addr, port: bound_store(addr, port)
+    handler._create_tcp_store_server = serve
     return _fresh_store_per_round(handler)
+
+
+def _create_c10d_handler(params: Any) -> Any:
+    return c10d_handler(_rendezvous_store(params), params)
 
 
 def register() -> tuple[str, str]:
