@@ -7,10 +7,12 @@
 #
 # It prints, and writes under $OUT: the environment; the CUDA/NCCL tests (test_process_group,
 # test_wrap); the host's blocking calls per step of `fit` on the GPU; the plain loop against
-# distrib's trainer on 1 GPU in fp32 and bf16 (the <= 1.02 target), then distrib 1 against
-# raw DDP 1 launched; fsdp vs ddp in bf16 (memory bench, step time, peak). About 7 minutes;
-# each part goes on if an earlier one failed. DRY_RUN=1 runs it on a CPU (tiny bench) to check
-# the script itself.
+# distrib's trainer on 1 GPU in fp32, bf16 and fp16 (the <= 1.02 target; each row with its
+# TFLOP/s and MFU); the trainer compiled vs eager in bf16 on the wide workload (compiled / eager
+# step time, MFU of each; the bench has no TinyGPT workload yet); then distrib 1 against raw
+# DDP 1 launched; fsdp vs ddp in bf16 (memory bench, step time, peak). About 8-9 minutes; each
+# part goes on if an earlier one failed. DRY_RUN=1 runs it on a CPU (tiny bench) to check the
+# script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,11 +57,15 @@ where = "cuda" if torch.cuda.is_available() else "cpu (dry run)"
 print(f"{where}, 1 worker: {(long - short) / 200:.3f} blocking calls per step")
 PY
 
-for precision in fp32 bf16; do
+for precision in fp32 bf16 fp16; do
     echo "== plain 1 GPU vs trainer 1 GPU, $precision (target <= 1.02)"
-    timeout 120 python3 -m distrib.bench scaling --workload wide --ways plain,trainer \
-        --repeats 5 --no-tta --precision "$precision" --out "$OUT/$precision" ${DRY_RUN:+--tiny} 2>/dev/null | grep "^| wide\|^| workload"
+    timeout 100 python3 -m distrib.bench scaling --workload wide --ways plain,trainer \
+        --repeats 3 --no-tta --precision "$precision" --out "$OUT/$precision" ${DRY_RUN:+--tiny} 2>/dev/null | grep "^| wide\|^| workload"
 done
+
+echo "== compiled vs eager, bf16 (wide; the bench has no gpt workload): trainer 1 vs compiled 1"
+timeout 180 python3 -m distrib.bench scaling --workload wide --ways trainer,compiled --precision bf16 \
+    --no-tta --repeats 3 --out "$OUT/compile" ${DRY_RUN:+--tiny} 2>/dev/null | grep "^| wide\|^| workload"
 
 echo "== distrib 1 vs raw DDP 1 (launched), fp32"
 timeout 150 python3 -m distrib.bench scaling --workload wide --ways distrib,raw --workers 1 --repeats 2 \

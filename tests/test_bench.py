@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def test_raw_ddp_script_imports_nothing_of_distrib():
     assert not [m for m in imported if m == "distrib" or m.startswith("distrib.")]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_the_plain_loop_and_the_trainer_train_alike_in_either_precision(
     precision: str, tmp_path: Path
 ):
@@ -102,6 +103,74 @@ def test_ways_picks_a_subset_and_the_ratios_of_the_missing_ways_are_none(tmp_pat
     derived = result["derived"]
     assert derived["trainer1_over_plain_step_time"] > 0
     assert derived["distrib_over_raw_ddp_step_time"] is None
+    assert derived["compiled_over_eager_step_time"] is None  # not named: not run
+    for row in result["ways"].values():  # a CPU: TFLOP/s, but no peak, so no MFU
+        assert row["tflops_per_s"] > 0 and "mfu" not in row
+    assert result["peak_tflops"] is None
+
+
+def test_the_compiled_way_runs_only_when_named_and_is_the_trainer_with_compile_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from distrib.bench import scaling, ways
+    from distrib.bench import workloads as w
+
+    def names(*argv: str) -> list[str]:
+        return [way.name for way in scaling.chosen_ways(scaling.parse(list(argv)))]
+
+    assert names("--ways", "trainer,compiled") == ["trainer 1", "compiled 1"]
+    assert names("--ways", "plain,trainer") == ["plain", "trainer 1"]
+    assert "compiled 1" not in names()  # the default set compiles nothing
+    seen = {}  # each way's trainer config, without training (nothing compiles here)
+    monkeypatch.setattr(ways, "run_trainer", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    spec = w.workloads(tiny=True)["wide"]
+    for way in ways.ways(2)[1:3]:
+        seen.clear()
+        way.runner(spec, 2, tmp_path, False)
+        assert seen["cfg"]["trainer"]["compile"]["enable"] is (way.name == "compiled 1"), way
+    # dynamo does not compile nn.Sequential's own forward: the bench model has one of its own
+    model = w.build_model(**spec.model)
+    assert type(model).forward is not torch.nn.Sequential.forward
+
+
+def test_the_report_gives_compiled_over_eager_and_tflops_and_mfu_per_way():
+    from distrib.bench import report, scaling
+    from distrib.bench import workloads as w
+    from distrib.bench.ways import Way
+
+    spec = w.workloads(tiny=True)["wide"]
+    flops = scaling.flops_per_sample(spec)
+    # MLP 512 -> 64 x 4 -> 10: 2 FLOPs a weight forward, 4 backward, less the first layer's
+    # input gradient (the data needs none)
+    layers = [(512, 64), (64, 64), (64, 64), (64, 64), (64, 10)]
+    assert flops == 6 * sum(i * o for i, o in layers) - 2 * 512 * 64
+
+    def row(step_ms: list[float]) -> dict:
+        runs = [{"step_ms_median": t, "samples_per_s": 1e3 * 16 / t} for t in step_ms]
+        return {"workers": 1, "family": "distrib", "runs": runs,
+                "step_ms_median": step_ms[1], "samples_per_s": 1e3 * 16 / step_ms[1]}  # fmt: skip
+
+    all_ways = [Way("trainer 1", 1, "distrib", None), Way("compiled 1", 1, "distrib", None)]
+    out = {"trainer 1": row([9.0, 10.0, 11.0]), "compiled 1": row([4.0, 5.0, 6.0])}
+    scaling._throughput(out, flops=1e9, peak=6.4)  # 16 samples in 5 ms: 3.2 TFLOP/s, half of 6.4
+    assert out["compiled 1"]["tflops_per_s"] == pytest.approx(3.2)
+    assert out["compiled 1"]["mfu"] == pytest.approx(0.5)
+    derived = scaling.derived(out, all_ways)
+    assert derived["compiled_over_eager_step_time"] == pytest.approx(0.5)
+    config = {"workers": 2, "repeats": 3, "device": "a GPU", "cores": 2, "torch": "2"}
+    table = report.markdown(
+        {"config": config, "workloads": {"wide": {"ways": out, "derived": derived}}}
+    )
+    lines = table.splitlines()
+    head = next(ln for ln in lines if ln.startswith("| workload | way |"))
+    assert head.endswith("| TFLOP/s | MFU |")
+    assert next(ln for ln in lines if ln.startswith("| wide | compiled 1 |")).endswith(
+        "| 3.2 | 50.0% |"
+    )
+    ratios = next(ln for ln in lines if ln.startswith("| workload | scaling eff distrib"))
+    column = ratios.split(" | ").index("compiled 1 / trainer 1 step time")
+    wide = next(ln for ln in lines if ln.startswith("| wide | -"))
+    assert wide.split(" | ")[column] == "0.50 [0.44, 0.55]"
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ _COLUMNS = (
     ("peak_mib", "peak MiB", "{:,.0f}"),
     ("first_step_loss", "1st-step loss", "{:.7f}"),
     ("scaling_eff", "scaling eff", "{:.2f}"),
+    ("tflops_per_s", "TFLOP/s", "{:.3g}"),
+    ("mfu", "MFU", "{:.1%}"),
 )
 
 
@@ -38,7 +40,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Scaling: {n} workers vs 1 -- {c['device']}, {c['cores']} cores, torch {c['torch']}, "
         f"{c.get('precision', 'fp32')}",
         f"median of {c['repeats']} interleaved repeats after a warm-up; peak memory per worker "
-        "(RSS, or CUDA max allocated)",
+        "(RSS, or CUDA max allocated); TFLOP/s of all workers, MFU per worker (a GPU of known "
+        "peak only)",
         "",
         "| workload | way | workers | " + " | ".join(h for _, h, _ in _COLUMNS) + " |",
         "|---|---|---" + "|---" * len(_COLUMNS) + "|",
@@ -58,9 +61,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"| workload | scaling eff distrib | scaling eff raw DDP | distrib {n} / raw DDP {n} "
-        f"step time | trainer 1 / plain step time | distrib {n} / torchrun launch to 1st step "
-        "| 1st-step loss spread |",
-        "|---|---|---|---|---|---|---|",
+        f"step time | trainer 1 / plain step time | compiled 1 / trainer 1 step time "
+        f"| distrib {n} / torchrun launch to 1st step | 1st-step loss spread |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, wl in result["workloads"].items():
         d = wl["derived"]
@@ -69,6 +72,7 @@ def markdown(result: dict[str, Any]) -> str:
             _fmt(d["scaling_eff_raw_ddp"], "{:.2f}"),
             _ratio(d, "distrib_over_raw_ddp_step_time"),
             _ratio(d, "trainer1_over_plain_step_time"),
+            _ratio(d, "compiled_over_eager_step_time"),
             _ratio(d, "distrib_over_torchrun_launch"),
             _fmt(d["first_step_loss_spread"], "{:.1e}"),
         ]
@@ -202,7 +206,8 @@ def figure(result: dict[str, Any]) -> Any:
     styles = {"distrib": "-o", "torch": "--s", "fabric": ":^", "accelerate": ":v"}
     labels = {"distrib": "distrib N", "torch": "raw DDP N", "fabric": "Fabric N",
               "accelerate": "Accelerate N"}  # fmt: skip
-    singles = {"plain": ("x", "plain loop"), "trainer 1": ("+", "trainer in process")}
+    singles = {"plain": ("x", "plain loop"), "trainer 1": ("+", "trainer in process"),
+               "compiled 1": ("*", "trainer in process, compiled")}  # fmt: skip
     for i, (name, wl) in enumerate(result["workloads"].items()):
         color = f"C{i}"
         for family, style in styles.items():

@@ -10,7 +10,10 @@ worker, the trainer on N launched workers, raw torch DDP under torchrun (and Fab
 Accelerate where installed). Every way trains the same model from the same seed on the same
 samples in the same order: their first-step losses, recorded in each way's warm-up run, agree.
 After that warm-up the ways run round-robin (the order rotated each repeat), and each number
-is the median over repeats. Then time to 97% on digits, 1 vs N workers. The markdown table
+is the median over repeats, with TFLOP/s (FLOPs per sample counted once, `flops_per_sample`)
+and, on a GPU whose peak `distrib.trainer.flops` knows, MFU. ``compiled 1`` (the trainer with
+``trainer.compile.enable=true``) runs only when named: ``--ways trainer,compiled`` gives
+compiled / eager step time. Then time to 97% on digits, 1 vs N workers. The markdown table
 goes to stdout; results.json, results.md and scaling.png to the run directory.
 
 On a CPU machine the N workers split the same cores (cores / N threads each), so N workers
@@ -31,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from distrib.bench import report, tta
 from distrib.bench import workloads as w
 from distrib.bench.report import progress
 from distrib.bench.ways import Way, measure, ways
+from distrib.trainer import flops as fl
 
 OPTIONAL = ("fabric", "accelerate")
 """Families whose failure is reported without failing the benchmark (not ours to fix)."""
@@ -58,7 +63,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--ways",
         default="",
-        help="comma-separated name prefixes, e.g. plain,trainer (default: every way)",
+        help="comma-separated name prefixes, e.g. plain,trainer or trainer,compiled "
+        "(default: every way but compiled)",
     )
     p.add_argument("--workers", type=int, default=gpus or 2, help="N (default: GPUs, or 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per way (default 3)")
@@ -67,7 +73,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-tta", action="store_true", help="skip time-to-accuracy")
     p.add_argument("--out", type=Path, default=None, help="default: bench_runs/<timestamp>")
     p.add_argument("--tiny", action="store_true", help="a very small config, for tests")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="every way alike")
+    p.add_argument(
+        "--precision",
+        choices=w.PRECISIONS,
+        default="fp32",
+        help="every way alike (fp16: autocast and a gradient scaler, on a GPU)",
+    )
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.tiny else 3
@@ -126,7 +137,40 @@ def bench_workload(
         if row["runs"]:
             row.update({k: statistics.median(r[k] for r in row["runs"]) for k in row["runs"][0]})
     _efficiency(out, all_ways)
-    return {"spec": spec.to_dict(), "ways": out, "derived": derived(out, all_ways)}
+    flops = flops_per_sample(spec)
+    gpu = torch.cuda.is_available()
+    peak = fl.peak_tflops(torch.cuda.get_device_name(0), spec.precision) if gpu else None
+    _throughput(out, flops, peak)
+    return {
+        "spec": spec.to_dict(),
+        "flops_per_sample": flops,
+        "peak_tflops": peak,
+        "ways": out,
+        "derived": derived(out, all_ways),
+    }
+
+
+def flops_per_sample(spec: w.Workload) -> float:
+    """One sample's forward + backward FLOPs of the workload's model (`FlopCounterMode`, via
+    `distrib.trainer.flops`), counted eagerly on the CPU on a few samples: the same count in
+    every way and precision (a compiled graph does the same matmuls)."""
+    torch.manual_seed(spec.seed)
+    model = w.build_model(**spec.model)
+    data = w.dataset(list(spec.input_shape), 4, seed=spec.seed)
+    x, y = data.tensors
+    return fl.count_flops_per_sample(model, lambda: F.cross_entropy(model(x), y), len(x))
+
+
+def _throughput(out: dict[str, dict[str, Any]], flops: float, peak: float | None) -> None:
+    """Each way's ``tflops_per_s`` (the median samples/s x FLOPs per sample: over all its
+    workers) and, where the device's peak is known (a GPU in `distrib.trainer.flops.PEAKS`;
+    never a CPU), ``mfu`` = that over ``workers x peak``."""
+    for row in out.values():
+        if "samples_per_s" not in row:
+            continue
+        row["tflops_per_s"] = row["samples_per_s"] * flops / 1e12
+        if peak:
+            row["mfu"] = row["tflops_per_s"] / (row["workers"] * peak)
 
 
 def _efficiency(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> None:
@@ -166,6 +210,7 @@ def derived(out: dict[str, dict[str, Any]], all_ways: list[Way]) -> dict[str, An
     pairs = {
         "distrib_over_raw_ddp_step_time": (f"distrib {n}", f"raw DDP {n}", "step_ms_median"),
         "trainer1_over_plain_step_time": ("trainer 1", "plain", "step_ms_median"),
+        "compiled_over_eager_step_time": ("compiled 1", "trainer 1", "step_ms_median"),
         "distrib_over_torchrun_launch": (f"distrib {n}", f"raw DDP {n}", "launch_to_first_step_s"),
     }
     result: dict[str, Any] = {
@@ -208,12 +253,18 @@ def bench_tta(n: int, epochs: int, repeats: int, logs: Path, bar: tqdm) -> dict[
     return out
 
 
+def chosen_ways(args: argparse.Namespace) -> list[Way]:
+    """The ways ``--ways`` names (by prefix); without it, every way that runs by default."""
+    all_ways = ways(args.workers)
+    if not args.ways:
+        return [way for way in all_ways if way.default]
+    prefixes = tuple(p.strip() for p in args.ways.split(",") if p.strip())
+    return [way for way in all_ways if way.name.startswith(prefixes)]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     specs = selected(args)
-    all_ways = ways(args.workers)
-    if args.ways:
-        prefixes = tuple(p.strip() for p in args.ways.split(",") if p.strip())
-        all_ways = [way for way in all_ways if way.name.startswith(prefixes)]
+    all_ways = chosen_ways(args)
     live = sum(way.runner is not None for way in all_ways)
     tta_runs = 0 if args.no_tta else (2 if args.workers > 1 else 1) * args.repeats
     total = len(specs) * live * (args.repeats + 1) + tta_runs

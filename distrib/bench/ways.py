@@ -2,6 +2,12 @@
 
 - ``plain``: a hand-written loop in this process (plain.py, no distrib in it);
 - ``trainer 1``: `distrib.trainer.loop.fit` in this process, no loggers, no checkpoints;
+- ``compiled 1``: the same with ``trainer.compile.enable=true`` (``--ways trainer,compiled``:
+  eager and compiled side by side, and their ratio). Its compile is never timed: each run's
+  ``fit`` compiles in its first step (after the way's warm-up run, from dynamo's in-process
+  cache, which a fresh model of the same class hits, and inductor's), and the first
+  ``warmup_steps`` steps of every run are dropped from the timed ones; the log says how long
+  that first step took (``logs/trainer.rank0.log``);
 - ``distrib N``: the same trainer in N workers of a fresh launcher process (`launched`);
 - ``raw DDP N``, ``fabric N``, ``accelerate N``: raw_ddp.py under ``torchrun --standalone``
   (Fabric and Accelerate only where installed; never dependencies).
@@ -63,6 +69,8 @@ class Way:
     runner: Runner | None
     skipped: str = ""
     """Why the way is not run (a framework that is not installed); empty when it runs."""
+    default: bool = True
+    """Run without ``--ways``; ``compiled 1`` is not (it compiles: a minute on a CPU)."""
 
 
 def ways(n: int) -> list[Way]:
@@ -74,6 +82,7 @@ def ways(n: int) -> list[Way]:
     out = [
         Way("plain", 1, "torch", _plain),
         Way("trainer 1", 1, "distrib", _trainer(1, launched=False)),
+        Way("compiled 1", 1, "distrib", _trainer(1, launched=False, compiled=True), default=False),
         Way(f"distrib {n}", n, "distrib", _trainer(n, launched=True)),
         Way(f"raw DDP {n}", n, "torch", torchrun("torch")),
     ]
@@ -126,19 +135,22 @@ def _torchrun(spec: w.Workload, steps: int, nproc: int, via: str, logs: Path) ->
     return Run(start, ranks)
 
 
-def _trainer(nproc: int, *, launched: bool) -> Runner:
+def _trainer(nproc: int, *, launched: bool, compiled: bool = False) -> Runner:
     def runner(spec: w.Workload, steps: int, logs: Path, warm: bool) -> Run:
         # a warm-up logs every step: its first row is the first step's loss; the timed runs
         # keep the default (10), which the plain loop's `.item()` every 10 steps mirrors
-        cfg = trainer_config(spec, steps=steps, log_every=1 if warm else 10)
+        cfg = trainer_config(spec, steps=steps, log_every=1 if warm else 10, compiled=compiled)
         return run_trainer(cfg, nproc, logs / "trainer", spec.warmup_steps, launched=launched)
 
     return runner
 
 
-def trainer_config(spec: w.Workload, *, steps: int, log_every: int) -> dict[str, Any]:
+def trainer_config(
+    spec: w.Workload, *, steps: int, log_every: int, compiled: bool = False
+) -> dict[str, Any]:
     """The workload as a trainer config (`distrib.config.to_config` input): same model, seed,
-    data and order as the hand-written ways, AdamW with the same settings."""
+    data and order as the hand-written ways, AdamW with the same settings; ``compiled``:
+    ``trainer.compile.enable=true``."""
 
     def data(size: int, seed: int) -> dict[str, Any]:
         shape = list(spec.input_shape)
@@ -161,6 +173,7 @@ def trainer_config(spec: w.Workload, *, steps: int, log_every: int) -> dict[str,
             "log_every": log_every,
             "precision": spec.precision,
             "checkpoint": {"every_epoch": False},
+            "compile": {"enable": compiled},
         },
         "logger": [],
     }

@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""The trainer's ``trainer.precision`` values (fp16 only where the device has a scaler: CUDA)."""
+
 LOG_EVERY = 10
 """The plain and raw loops read the loss back every 10 steps, as the trainer logs by default."""
 
@@ -48,12 +51,14 @@ class Workload:
     lr: float = 1e-3
     seed: int = 0
     precision: str = "fp32"
-    """fp32, or bf16: the forward under bf16 autocast in every way (the trainer's
-    ``trainer.precision=bf16``)."""
+    """fp32, bf16: the forward under bf16 autocast in every way (the trainer's
+    ``trainer.precision=bf16``), or fp16: fp16 autocast and a gradient scaler (CUDA)."""
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"workload {self.name}: precision={self.precision!r}: fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"workload {self.name}: precision={self.precision!r}: {', '.join(PRECISIONS)}"
+            )
         if self.warmup_steps < 1 or self.steps < 1:
             raise ValueError(
                 f"workload {self.name}: warmup_steps={self.warmup_steps} and "
@@ -124,13 +129,24 @@ def workloads(tiny: bool = False) -> dict[str, Workload]:
     }
 
 
+class Net(nn.Sequential):
+    """`nn.Sequential` with a forward of its own (the same loop): dynamo does not compile torch's
+    own ``Sequential.forward``, so the ``compiled`` way would otherwise compile nothing. Every
+    way builds this class, so every way runs the same Python."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x)
+        return x
+
+
 def build_model(
     kind: str, in_shape: list[int], hidden: int = 128, depth: int = 2, num_classes: int = 10
 ) -> nn.Module:
     """``cnn``: two conv+pool blocks and two linear layers; ``mlp``: ``depth`` x ``hidden``."""
     if kind == "cnn":
         c, h, w = in_shape
-        return nn.Sequential(
+        return Net(
             nn.Conv2d(c, 16, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
@@ -148,7 +164,7 @@ def build_model(
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        return nn.Sequential(*layers, nn.Linear(width, num_classes))
+        return Net(*layers, nn.Linear(width, num_classes))
     raise ValueError(f"model kind={kind!r}: expected cnn or mlp")
 
 
@@ -183,13 +199,20 @@ def train_steps(
 
     ``backward`` is where Fabric and Accelerate put their own (``fabric.backward``)."""
     first = math.nan
+    # fp16: the loss scaled, the step unscaled (and skipped on an overflow), as the trainer does
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     for i, (x, y) in enumerate(itertools.islice(batches, steps)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
             loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
-        backward(loss)
-        optimizer.step()
+        if scaler is None:
+            backward(loss)
+            optimizer.step()
+        else:
+            backward(scaler.scale(loss))
+            scaler.step(optimizer)
+            scaler.update()
         clock.tick()
         if i % LOG_EVERY == 0:  # what a script prints now and then: the only host wait
             value = loss.item()
@@ -198,9 +221,11 @@ def train_steps(
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast as the trainer applies it (the forward and loss only), or nothing."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """bf16 or fp16 autocast as the trainer applies it (the forward and loss only), or
+    nothing."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
