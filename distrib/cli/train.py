@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distrib.bounded import leave
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 _NO_PREFLIGHT = (
@@ -36,7 +38,10 @@ def main() -> None:
         _main()
     except KeyboardInterrupt:  # before training started, or Ctrl-C twice: no traceback
         print("distrib: interrupted (nothing saved)", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+        leave(128 + signal.SIGINT)
+    except SystemExit as e:  # (a store call left hanging must not turn it into SIGABRT)
+        leave(e.code)
+    leave(0)
 
 
 def _main() -> None:

@@ -2,9 +2,8 @@
 both sides (a ``--slurm`` task runs the worker side's rendezvous); this package stays the
 launch side alone."""
 
-import sys
-
+from distrib.bounded import leave
 from distrib.cli.launch import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
