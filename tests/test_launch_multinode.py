@@ -323,3 +323,56 @@ def test_a_network_partition_ends_both_nodes_in_time_naming_the_peer_lost(tmp_pa
     assert last[1].startswith("distrib: error: worker rank 1 failed"), errs[1][-3000:]
     assert f"the job's store at {hosts.addrs[0]}:" in last[1], last[1]
     assert "lost contact with the node that hosts it (a network partition" in last[1], last[1]
+
+
+STRANGER = """
+import base64, pickle, sys, time
+from datetime import timedelta
+import torch.distributed as dist
+
+class Payload:  # unpickled, it creates the marker file: code the stranger chose, run
+    def __reduce__(self):
+        return (open, (sys.argv[3], "w"))
+
+deadline = time.monotonic() + 60
+while True:
+    try:
+        store = dist.TCPStore(sys.argv[1], int(sys.argv[2]), is_master=False,
+                              timeout=timedelta(seconds=5))
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+# the key torch's c10d rendezvous reads, named after the run id on the job's command line
+store.set("torch.rendezvous.exp1", base64.b64encode(pickle.dumps(Payload())).decode())
+print("written")
+"""
+
+
+@pytest.mark.waits
+def test_a_stranger_who_reaches_the_store_cannot_make_the_launcher_run_its_pickle(tmp_path: Path):
+    # The store has no authentication (torch's SECURITY.md): a process on another host that
+    # reaches the port writes a pickle under the rendezvous key. With DISTRIB_RDZV_SECRET the
+    # job's key has a part the stranger cannot guess from the command line: node 0 never reads
+    # (never unpickles) what was written under the guessable one.
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "stranger.py").write_text(STRANGER)
+    with two_hosts() as hosts:
+        node0 = hosts.popen(
+            0,
+            [PY, "-m", "distrib.launch", "--nnodes", "2", "--nproc", "1", "--rdzv-id", "exp1",
+             "--rdzv-endpoint", f"{hosts.addrs[0]}:{PORT}", "--local-addr", hosts.addrs[0],
+             "--rdzv-timeout", "15", str(SCRIPTS / "probe_env.py"), str(tmp_path)],
+            cwd=tmp_path, env={**ENV, "DISTRIB_RDZV_SECRET": "s3cr3t"}, text=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        stranger = hosts.run(
+            1, [PY, str(tmp_path / "stranger.py"), hosts.addrs[0], str(PORT), str(marker)],
+            timeout=90, cwd=tmp_path, env=ENV,
+        )  # fmt: skip
+        assert stranger.stdout.strip() == "written", stranger.stderr[-3000:]
+        _, err = node0.communicate(timeout=120)
+    assert node0.returncode == 1
+    assert not marker.exists(), "the launcher unpickled the stranger's rendezvous state"
+    assert err.strip().splitlines()[-1].endswith("the others never reached the endpoint"), err
