@@ -3,7 +3,7 @@
 #   - the SLURM group (-m slurm): jobs on the local cluster (tests/slurm/cluster.sh, started
 #     here when this machine can run it); mostly waiting on the scheduler, so it overlaps well;
 #     with it the tests marked waits (a timeout or a sleep is most of their time)
-#   - everything else, on two pytest workers
+#   - everything else
 # Extra arguments go to both pytest runs. Exit status: non-zero if either group failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,10 +33,7 @@ fi
     --durations=10 "$@" \
     >"$TMP/slurm.log" 2>&1 &
 slurm_pid=$!
-# two pytest workers (pytest-xdist, work stealing): one pytest process keeps ~1.1 of the 2
-# cores busy (start-ups, hydra, pytest itself are single-threaded); two keep both
-"$PY" -m pytest -q -n 2 --dist worksteal -m "not slurm and not waits and not docs" \
-    --basetemp="$TMP/main" --durations=25 "$@"
+"$PY" -m pytest -q -m "not slurm and not waits and not docs" --basetemp="$TMP/main" --durations=25 "$@"
 main_status=$?
 wait "$slurm_pid" || slurm_status=$?
 echo "=== SLURM group (tests/test_launch_slurm.py on the local cluster), the waiting tests, the guide's commands"
