@@ -1,6 +1,6 @@
 """Run one node's workers under torch's elastic agent, and report how they ended.
 
-This is torchrun's engine (`LocalElasticAgent` + a rendezvous handler) with five changes torchrun
+This is torchrun's engine (`LocalElasticAgent` + a rendezvous handler) with six changes torchrun
 users work around by hand:
 
 - a failed job names the rank that failed FIRST, with its traceback: a peer that died of the
@@ -12,6 +12,8 @@ users work around by hand:
 - when restarts are exhausted the error says so, with the restart count;
 - workers die with the agent (``PR_SET_PDEATHSIG``), so a launcher killed by SIGKILL leaves
   none behind.
+- the handler's reads of the rendezvous store are given deadlines (`store_watch.watched`), so
+  a node cut off from node 0 by a network partition still sees its workers end.
 """
 
 from __future__ import annotations
